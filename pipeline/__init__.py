@@ -1,0 +1,1 @@
+"""ctpipe: a TFX continuous-training pipeline (local Beam runner and Kubeflow from one create_pipeline)."""
