@@ -1,0 +1,1 @@
+"""TFX components and module code for ctpipe (trainer, data gate, atomic pusher)."""

@@ -1,0 +1,130 @@
+"""Atomic Pusher: a blessed model appears under <base>/<version> whole, or not at all.
+
+Why: the stock Pusher copies file by file into <base>/<unix time> (tfx issue 4466) - TF Serving
+polls the base path and can load a version whose variables are still being copied. Here the model
+is copied into a hidden sibling directory (TF Serving ignores names that are not integers), checked,
+and renamed into place in one step. Versions are small integers that only grow: one more than the
+highest version ever published (a high-water file remembers versions that were later deleted).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from typing import Any, Callable, Dict, List
+
+import tensorflow as tf
+from tfx import types
+from tfx.components.pusher import executor as pusher_executor
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+INCOMING_PREFIX = ".incoming-"
+HIGH_WATER_FILE = ".ctpipe-high-water-version"
+
+CopyTree = Callable[[str, str], None]
+
+
+class PushError(RuntimeError):
+    """The model could not be published; nothing was changed under the model base path."""
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def copy_tree(source: str, destination: str) -> None:
+    if _is_local(source) and _is_local(destination):
+        shutil.copytree(source, destination)
+        return
+    for directory, _, files in tf.io.gfile.walk(source):
+        relative = os.path.relpath(directory, source)
+        target_dir = os.path.normpath(os.path.join(destination, relative))
+        tf.io.gfile.makedirs(target_dir)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target_dir, name))
+
+
+def published_versions(base: str) -> List[int]:
+    if not tf.io.gfile.isdir(base):
+        return []
+    return sorted(int(name.strip("/")) for name in tf.io.gfile.listdir(base)
+                  if name.strip("/").isdigit())
+
+
+def _high_water(base: str) -> int:
+    path = os.path.join(base, HIGH_WATER_FILE)
+    if not tf.io.gfile.exists(path):
+        return 0
+    with tf.io.gfile.GFile(path) as handle:
+        text = handle.read().strip()
+    return int(text) if text.isdigit() else 0
+
+
+def next_version(base: str) -> int:
+    return max([_high_water(base), *published_versions(base)], default=0) + 1
+
+
+def remove_stale_incoming(base: str) -> None:
+    """Left-overs of a push that was killed mid-copy; never visible to TF Serving."""
+    if not tf.io.gfile.isdir(base):
+        return
+    for name in tf.io.gfile.listdir(base):
+        if name.strip("/").startswith(INCOMING_PREFIX):
+            tf.io.gfile.rmtree(os.path.join(base, name.strip("/")))
+
+
+def _check_complete(model_dir: str) -> None:
+    for required in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        if not tf.io.gfile.exists(os.path.join(model_dir, required)):
+            raise PushError(f"model copy is incomplete: {required} missing")
+
+
+def publish_atomically(model_dir: str, base: str, copy: CopyTree = copy_tree) -> int:
+    """Copy model_dir to <base>/<next version> atomically; returns the version."""
+    _check_complete(model_dir)
+    tf.io.gfile.makedirs(base)
+    remove_stale_incoming(base)
+    version = next_version(base)
+    incoming = os.path.join(base, f"{INCOMING_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        copy(model_dir, incoming)
+        _check_complete(incoming)
+        target = os.path.join(base, str(version))
+        if tf.io.gfile.exists(target):
+            raise PushError(f"version {version} appeared during the push (concurrent pusher?)")
+        if _is_local(base):
+            os.rename(incoming, target)  # atomic on one POSIX filesystem
+        else:
+            tf.io.gfile.rename(incoming, target, overwrite=False)
+    except BaseException:
+        if tf.io.gfile.exists(incoming):
+            tf.io.gfile.rmtree(incoming)
+        raise
+    with tf.io.gfile.GFile(os.path.join(base, HIGH_WATER_FILE), "w") as handle:
+        handle.write(str(version))
+    logging.info("published model version %d under %s", version, base)
+    return version
+
+
+class AtomicPusherExecutor(pusher_executor.Executor):
+    """Pusher executor: the stock blessing check, then an atomic, integer-versioned publish."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]],
+           output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(
+            exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        base = destination.filesystem.base_directory
+        version = publish_atomically(self.GetModelPath(input_dict), base)
+        self._MarkPushed(model_push, pushed_destination=os.path.join(base, str(version)),
+                         pushed_version=str(version))

@@ -1,0 +1,224 @@
+"""The `ctpipe` command: run a cycle, show status and history, run the demo, diff schemas.
+
+Exit codes (the contract other tools build on):
+  0 pushed   3 data blocked   4 not blessed   5 nothing new   2 bad input or usage   1 internal error
+Every decision is printed for a person; with --json one JSON object goes to stdout instead and
+progress goes to stderr.
+"""
+from __future__ import annotations
+
+import os
+
+# Quiet TensorFlow's C++ logging before anything imports it (the cycle log keeps the details).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _quiet_libraries() -> None:
+    """Library warnings are for the cycle log, not the terminal."""
+    import logging
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML file with PipelineConfig keys")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctpipe", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one cycle on the newest unprocessed span")
+    run.add_argument("--data-root", required=True, help="folder holding span-<N>/ folders")
+    run.add_argument("--home", required=True, help="pipeline home (outputs, MLMD, serving)")
+    run.add_argument("--span", type=int, help="process this span instead of the newest")
+    _add_config_flags(run)
+
+    status = commands.add_parser("status", help="served model and decision history (from MLMD)")
+    status.add_argument("--home", required=True)
+    _add_config_flags(status)
+
+    demo = commands.add_parser("demo", help="bootstrap, then feed spans as arrivals (a table)")
+    demo.add_argument("--home", help="home directory (default: a new temporary one)")
+    demo.add_argument("--data", default=None, help="sample spans (default: data/sample)")
+    _add_config_flags(demo)
+
+    diff = commands.add_parser("schema-diff",
+                               help="how the inferred schema differs from the curated one")
+    diff.add_argument("--data-root", required=True, help="infer from the newest span here")
+    diff.add_argument("--span", type=int, help="span to infer from (default: newest)")
+    _add_config_flags(diff)
+    return parser
+
+
+def load_config(args: argparse.Namespace, **overrides: Any):
+    from pipeline.config import PipelineConfig
+
+    return PipelineConfig.from_sources(getattr(args, "config", None), overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _metric_text(metrics: Dict[str, Dict[str, float]]) -> str:
+    parts = []
+    for model in ("candidate", "baseline"):
+        values = metrics.get(model)
+        if values:
+            shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
+            parts.append(f"{model}: {shown}")
+    return " | ".join(parts) or "none (nothing was evaluated)"
+
+
+def format_decision(decision) -> str:
+    headline = {
+        "pushed": f"PUSHED model version {decision.model_version}",
+        "data_blocked": "DATA BLOCKED - span quarantined, nothing trained, production unchanged",
+        "not_blessed": "NOT BLESSED - candidate rejected, production unchanged",
+        "no_new_data": "NOTHING NEW - no span to process, production unchanged",
+        "failed": "FAILED - internal error, production unchanged",
+    }[decision.outcome]
+    lines = [f"span {decision.span}: {headline}"]
+    lines += [f"  why: {reason}" for reason in decision.reasons]
+    if decision.outcome in ("pushed", "not_blessed"):
+        lines.append(f"  metrics: {_metric_text(decision.metrics)}")
+        lines.append(f"  trained on spans: {', '.join(map(str, decision.training_spans))}")
+    if decision.seconds is not None:
+        lines.append(f"  took {decision.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def _progress_printer(to_stderr: bool):
+    stream = sys.stderr if to_stderr else sys.stdout
+
+    def emit(line: str) -> None:
+        print(line, file=stream, flush=True)
+    return emit
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.local_runner import run_cycle
+
+    config = load_config(args, data_root=args.data_root, home=args.home, span=args.span)
+    decision = run_cycle(config, progress=_progress_printer(to_stderr=True))
+    if args.json:
+        print(json.dumps(decision.to_dict()))
+    else:
+        print(format_decision(decision))
+    return decision.exit_code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline import outcomes
+    from pipeline.spans import BadInput
+
+    config = load_config(args, home=args.home)
+    if not os.path.exists(config.metadata_path):
+        raise BadInput(f"no pipeline home at {args.home} (no {os.path.basename(config.metadata_path)})")
+    store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
+    decisions = outcomes.history(store, config.pipeline_name)
+    report = {
+        "model_name": config.model_name,
+        "model_base_path": os.path.abspath(config.serving_model_dir),
+        "serving_version": outcomes.serving_version(decisions),
+        "history": [d.to_dict() for d in decisions],
+    }
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    print(f"model {report['model_name']} at {report['model_base_path']}")
+    print(f"serving version: {report['serving_version']}")
+    print(history_table(decisions))
+    return EXIT_OK
+
+
+def history_table(decisions: Sequence) -> str:
+    header = f"{'span':>4}  {'outcome':<12} {'AUC':>7} {'baseline':>8} {'served':>6} " \
+             f"{'secs':>6}  reason"
+    rows = [header, "-" * len(header)]
+    served: Optional[int] = None
+    for d in decisions:
+        if d.outcome == "pushed":
+            served = d.model_version
+        auc = d.metrics.get("candidate", {}).get("auc")
+        base = d.metrics.get("baseline", {}).get("auc")
+        first_reason = next((r for r in d.reasons if "quarantined" not in r), d.reasons[0]
+                            if d.reasons else "")
+        if d.outcome == "not_blessed" and len(d.reasons) > 1:
+            first_reason = d.reasons[1]
+        rows.append(f"{str(d.span):>4}  {d.outcome:<12} {_num(auc):>7} {_num(base):>8} "
+                    f"{str(served if served is not None else '-'):>6} "
+                    f"{_num(d.seconds, '.1f'):>6}  {first_reason[:90]}")
+    return "\n".join(rows)
+
+
+def _num(value: Optional[float], fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    config = load_config(args)
+    return run_demo(config, home=args.home, sample_root=args.data, as_json=args.json,
+                    progress=_progress_printer(to_stderr=args.json))
+
+
+def cmd_schema_diff(args: argparse.Namespace) -> int:
+    from pipeline.schema_review import schema_diff
+
+    config = load_config(args, data_root=args.data_root)
+    differences = schema_diff(config, args.span)
+    if args.json:
+        print(json.dumps(differences))
+    else:
+        print("\n".join(differences) if differences else "inferred schema matches the contract")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "demo": cmd_demo,
+            "schema-diff": cmd_schema_diff}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    from pipeline.config import ConfigError
+    from pipeline.spans import BadInput
+
+    try:
+        return COMMANDS[args.command](args)
+    except (BadInput, ConfigError) as error:
+        print(f"ctpipe: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("ctpipe: interrupted; production unchanged (pushes are atomic)", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as error:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        print(f"ctpipe: internal error: {type(error).__name__}: {first_line[:300]}"
+              " (details in the cycle log under <home>/logs)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def entry() -> None:
+    """Console-script entry: exit without interpreter teardown, where TensorFlow's function
+    finalizers print spurious 'Exception ignored' tracebacks."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    entry()

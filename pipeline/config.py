@@ -1,0 +1,128 @@
+"""PipelineConfig: every knob of the pipeline in one dataclass (defaults < TOML file < CLI flags).
+
+Both runners (local and Kubeflow) build the pipeline from this object alone; paths are derived
+from `home` so nothing is hard-coded elsewhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+REPO_SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "schema.pbtxt"
+
+DIRECT_RUNNER_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable (unknown key, wrong type, bad value)."""
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    # Identity and locations
+    pipeline_name: str = "ctpipe"
+    model_name: str = "big_tipper"
+    data_root: str = "data/sample"
+    home: str = "ctpipe-home"
+    schema_path: str = str(REPO_SCHEMA)
+    # Which span: None = the newest span under data_root (ExampleGen's own rule).
+    span: Optional[int] = None
+    # Splitting of each span (hash buckets train:eval); eval is the Evaluator's data.
+    train_buckets: int = 2
+    eval_buckets: int = 1
+    # Data gate and training window
+    window_spans: int = 3
+    # Trainer
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warm_start: bool = True
+    seed: int = 7
+    # Evaluator thresholds. Value thresholds hold on the first run (no baseline yet);
+    # the change threshold is a tolerance vs the served model on the same eval split.
+    min_auc: float = 0.70
+    max_auc_drop: float = 0.02
+    min_eval_examples: int = 50
+    # Beam: DirectRunner in-memory is fastest for small spans; Kubeflow overrides these.
+    beam_pipeline_args: List[str] = dataclasses.field(
+        default_factory=lambda: list(DIRECT_RUNNER_ARGS))
+    # Kubeflow (see kubeflow/)
+    image: str = "ctpipe:latest"
+    kfp_pipeline_root: str = "gs://YOUR_BUCKET/ctpipe"
+    kfp_data_root: str = "gs://YOUR_BUCKET/ctpipe/data"
+    kfp_serving_dir: str = "/models/big_tipper"
+    trainer_gpus: int = 1
+    gpu_type: str = "NVIDIA_TESLA_T4"
+    trainer_cpu: float = 4.0
+    trainer_memory_gb: float = 16.0
+    beam_cpu: float = 2.0
+    beam_memory_gb: float = 8.0
+
+    # -- derived paths (local runner) --------------------------------------------------------
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.home, "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.home, "metadata.sqlite")
+
+    @property
+    def serving_model_dir(self) -> str:
+        return os.path.join(self.home, "serving", self.model_name)
+
+    def trainer_hparams(self) -> Dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "warm_start": self.warm_start,
+                "seed": self.seed}
+
+    def validate(self) -> "PipelineConfig":
+        positive = ("train_buckets", "eval_buckets", "window_spans", "epochs", "batch_size",
+                    "min_eval_examples", "trainer_gpus")
+        for name in positive:
+            if getattr(self, name) < (0 if name == "trainer_gpus" else 1):
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.min_auc <= 1.0:
+            raise ConfigError(f"min_auc must be within [0, 1], got {self.min_auc}")
+        if self.max_auc_drop < 0:
+            raise ConfigError(f"max_auc_drop must be >= 0, got {self.max_auc_drop}")
+        if self.span is not None and self.span < 0:
+            raise ConfigError(f"span must be >= 0, got {self.span}")
+        return self
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_sources(cls, toml_path: Optional[str] = None,
+                     overrides: Optional[Mapping[str, Any]] = None) -> "PipelineConfig":
+        values: Dict[str, Any] = {}
+        if toml_path:
+            try:
+                with open(toml_path, "rb") as handle:
+                    values.update(tomllib.load(handle))
+            except OSError as error:
+                raise ConfigError(f"cannot read config file {toml_path}: {error.strerror}")
+            except tomllib.TOMLDecodeError as error:
+                raise ConfigError(f"config file {toml_path} is not valid TOML: {error}")
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        config = cls()
+        for name, value in values.items():
+            default = getattr(config, name)
+            expected = type(default) if default is not None else int
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(
+                    f"config key {name} must be {expected.__name__}, got {value!r}")
+            setattr(config, name, value)
+        return config.validate()

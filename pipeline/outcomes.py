@@ -1,0 +1,203 @@
+"""Decisions, read back from ML Metadata: what each cycle decided, why, and with which metrics.
+
+Why MLMD and not a side file: the artifacts the components wrote (the gate's ledger properties,
+the Evaluator's blessing and evaluation, the Pusher's pushed version) *are* the decision; a JSON
+file written beside them could disagree. `ctpipe run` and `ctpipe status` both call
+`decision_for_run`, so the printed decision and the history are the same computation. The one
+cycle that runs no pipeline (nothing new) is recorded as an execution of type ctpipe.NoNewData.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, List, Optional
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+
+from components.evaluation import failed_thresholds, overall_metrics
+
+PUSHED, DATA_BLOCKED, NOT_BLESSED, NO_NEW_DATA, FAILED = (
+    "pushed", "data_blocked", "not_blessed", "no_new_data", "failed")
+EXIT_CODES = {PUSHED: 0, DATA_BLOCKED: 3, NOT_BLESSED: 4, NO_NEW_DATA: 5, FAILED: 1}
+NO_NEW_DATA_TYPE = "ctpipe.NoNewData"
+# Resolver nodes "fail" on an empty store (first cycle); that is not a failed cycle.
+NODES_ALLOWED_TO_FAIL = ("PreviousGateState", "LatestBlessedModel")
+
+
+@dataclasses.dataclass
+class Decision:
+    outcome: str
+    span: Optional[int]
+    model_version: Optional[int]
+    reasons: List[str]
+    metrics: Dict[str, Dict[str, float]]
+    training_spans: List[int]
+    run_id: Optional[str] = None
+    finished_at: Optional[float] = None
+    seconds: Optional[float] = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def open_store(connection_config) -> mlmd.MetadataStore:
+    return mlmd.MetadataStore(connection_config)
+
+
+def sqlite_connection(path: str) -> mlmd_pb2.ConnectionConfig:
+    config = mlmd_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = mlmd_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    return config
+
+
+def _prop(artifact: mlmd_pb2.Artifact, name: str) -> Any:
+    for properties in (artifact.custom_properties, artifact.properties):
+        if name in properties:
+            value = properties[name]
+            kind = value.WhichOneof("value")
+            return getattr(value, kind) if kind else None
+    return None
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """Everything one pipeline run left in MLMD, keyed by node id and output key."""
+
+    run_id: str
+    states: Dict[str, int]
+    outputs: Dict[str, Dict[str, mlmd_pb2.Artifact]]
+    started_ms: int
+    finished_ms: int
+
+
+def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
+             pipeline_name: str) -> RunRecord:
+    executions = store.get_executions_by_context(run_context.id)
+    node_of = {}
+    for execution in executions:
+        for context in store.get_contexts_by_execution(execution.id):
+            if context.type == "node":
+                node_of[execution.id] = context.name[len(pipeline_name) + 1:]
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    output_events = [e for e in events if e.type == mlmd_pb2.Event.OUTPUT]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(
+        sorted({e.artifact_id for e in output_events}))}
+    outputs: Dict[str, Dict[str, mlmd_pb2.Artifact]] = {}
+    for event in output_events:
+        key = event.path.steps[0].key if event.path.steps else ""
+        outputs.setdefault(node_of.get(event.execution_id, "?"), {})[key] = \
+            artifacts[event.artifact_id]
+    times = [e.create_time_since_epoch for e in executions] + \
+            [e.last_update_time_since_epoch for e in executions]
+    return RunRecord(run_id=run_context.name,
+                     states={node_of.get(e.id, "?"): e.last_known_state for e in executions},
+                     outputs=outputs, started_ms=min(times, default=0),
+                     finished_ms=max(times, default=0))
+
+
+def decision_for_run(record: RunRecord) -> Decision:
+    """Turn one run's artifacts into the decision a person (or a machine) reads."""
+    examples = record.outputs.get("CsvExampleGen", {}).get("examples")
+    span = _prop(examples, "span") if examples is not None else None
+    base = dict(span=span, run_id=record.run_id, finished_at=record.finished_ms / 1000.0,
+                seconds=round((record.finished_ms - record.started_ms) / 1000.0, 1))
+    failed = [node for node, state in record.states.items()
+              if state == mlmd_pb2.Execution.FAILED and node not in NODES_ALLOWED_TO_FAIL]
+    if failed:
+        return Decision(FAILED, model_version=None, metrics={}, training_spans=[],
+                        reasons=[f"component {', '.join(sorted(failed))} failed"], **base)
+    state = record.outputs.get("DataGate", {}).get("state")
+    if state is None:
+        return Decision(FAILED, model_version=None, metrics={}, training_spans=[],
+                        reasons=["the data gate did not run"], **base)
+    training_spans = json.loads(_prop(state, "training_spans") or "[]")
+    if not _prop(state, "accepted"):
+        reasons = json.loads(_prop(state, "reasons") or "[]")
+        return Decision(DATA_BLOCKED, model_version=None, metrics={}, training_spans=[],
+                        reasons=[f"span {span} quarantined: it fails the data contract"] + reasons,
+                        **base)
+    evaluation = record.outputs.get("Evaluator", {}).get("evaluation")
+    blessing = record.outputs.get("Evaluator", {}).get("blessing")
+    if evaluation is None or blessing is None:
+        return Decision(FAILED, model_version=None, metrics={}, training_spans=training_spans,
+                        reasons=["the span was accepted but no evaluation was recorded"], **base)
+    metrics = overall_metrics(evaluation.uri)
+    if not _prop(blessing, "blessed"):
+        return Decision(NOT_BLESSED, model_version=None, metrics=metrics,
+                        training_spans=training_spans,
+                        reasons=["candidate not blessed"] + failed_thresholds(evaluation.uri),
+                        **base)
+    pushed = record.outputs.get("Pusher", {}).get("pushed_model")
+    if pushed is None or not _prop(pushed, "pushed"):
+        return Decision(FAILED, model_version=None, metrics=metrics,
+                        training_spans=training_spans,
+                        reasons=["blessed, but the Pusher did not publish the model"], **base)
+    version = int(_prop(pushed, "pushed_version"))
+    return Decision(PUSHED, model_version=version, metrics=metrics, training_spans=training_spans,
+                    reasons=[_blessed_reason(metrics)], **base)
+
+
+def _blessed_reason(metrics: Dict[str, Dict[str, float]]) -> str:
+    candidate = metrics.get("candidate", {}).get("auc")
+    baseline = metrics.get("baseline", {}).get("auc")
+    if baseline is None:
+        return f"blessed: first model, AUC {candidate} meets the value threshold"
+    return f"blessed: AUC {candidate} vs served model {baseline} on this span's eval split"
+
+
+def pipeline_runs(store: mlmd.MetadataStore, pipeline_name: str) -> List[mlmd_pb2.Context]:
+    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline is None:
+        return []
+    runs = [c for c in store.get_children_contexts_by_context(pipeline.id)
+            if c.type == "pipeline_run"]
+    if not runs:  # older MLMD layouts associate runs without parent links
+        runs = store.get_contexts_by_type("pipeline_run")
+    return sorted(runs, key=lambda c: c.id)
+
+
+def record_no_new_data(store: mlmd.MetadataStore, decision: Decision) -> None:
+    try:
+        type_id = store.get_execution_type(NO_NEW_DATA_TYPE).id
+    except mlmd.errors.NotFoundError:
+        type_id = store.put_execution_type(mlmd_pb2.ExecutionType(name=NO_NEW_DATA_TYPE))
+    execution = mlmd_pb2.Execution(type_id=type_id,
+                                   last_known_state=mlmd_pb2.Execution.COMPLETE)
+    execution.custom_properties["decision"].string_value = json.dumps(decision.to_dict())
+    store.put_executions([execution])
+
+
+def history(store: mlmd.MetadataStore, pipeline_name: str) -> List[Decision]:
+    """Every cycle, oldest first."""
+    decisions = [decision_for_run(read_run(store, run, pipeline_name))
+                 for run in pipeline_runs(store, pipeline_name)]
+    try:
+        for execution in store.get_executions_by_type(NO_NEW_DATA_TYPE):
+            decisions.append(Decision(**json.loads(
+                execution.custom_properties["decision"].string_value)))
+    except mlmd.errors.NotFoundError:
+        pass
+    return sorted(decisions, key=lambda d: d.finished_at or 0.0)
+
+
+def processed_spans(store: mlmd.MetadataStore, pipeline_name: str) -> List[int]:
+    """Spans some earlier cycle already decided on (accepted or quarantined)."""
+    spans = set()
+    for run in pipeline_runs(store, pipeline_name):
+        record = read_run(store, run, pipeline_name)
+        state = record.outputs.get("DataGate", {}).get("state")
+        if state is not None and _prop(state, "span") is not None:
+            spans.add(int(_prop(state, "span")))
+    return sorted(spans)
+
+
+def serving_version(decisions: List[Decision]) -> Optional[int]:
+    pushed = [d.model_version for d in decisions if d.outcome == PUSHED]
+    return pushed[-1] if pushed else None
+

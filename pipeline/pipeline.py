@@ -1,0 +1,106 @@
+"""create_pipeline(config): the only place components are wired, for every runner.
+
+ExampleGen -> StatisticsGen -> SchemaGen (inferred, for review) + ImportSchemaGen (the contract)
+-> ExampleValidator -> DataGate -> [if accepted] Trainer -> Evaluator (vs last blessed) -> Pusher.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2, range_config_pb2
+
+from components.atomic_pusher import AtomicPusherExecutor
+from components.data_gate import DataGate, GateState
+from components.evaluation import build_eval_config
+from pipeline.config import PipelineConfig
+
+SPAN_PATTERN = "span-{SPAN}/*"
+TRAINER_RUN_FN = "components.trainer.run_fn"
+
+
+def _example_gen(config: PipelineConfig, data_root) -> tfx.components.CsvExampleGen:
+    range_config = None
+    if config.span is not None:
+        range_config = range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
+            start_span_number=config.span, end_span_number=config.span))
+    return tfx.components.CsvExampleGen(
+        input_base=data_root,
+        input_config=example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="single_split", pattern=SPAN_PATTERN)]),
+        output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=config.train_buckets),
+            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=config.eval_buckets)])),
+        range_config=range_config)
+
+
+def create_components(config: PipelineConfig, data_root=None,
+                      serving_model_dir: Optional[str] = None) -> List:
+    """All nodes in order. `data_root` may be a runtime parameter (Kubeflow)."""
+    example_gen = _example_gen(config, data_root if data_root is not None else config.data_root)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
+    curated_schema = tfx.components.ImportSchemaGen(
+        schema_file=config.schema_path).with_id("CuratedSchema")
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=curated_schema.outputs["schema"])
+    previous_gate_state = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        state=tfx.dsl.Channel(type=GateState)).with_id("PreviousGateState")
+    gate = DataGate(
+        examples=example_gen.outputs["examples"],
+        statistics=statistics_gen.outputs["statistics"],
+        schema=curated_schema.outputs["schema"],
+        anomalies=example_validator.outputs["anomalies"],
+        previous_state=previous_gate_state.outputs["state"],
+        window_spans=config.window_spans)
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModel")
+
+    with tfx.dsl.Cond(gate.outputs["state"].future()[0].custom_property("accepted") == 1):
+        trainer = tfx.components.Trainer(
+            run_fn=TRAINER_RUN_FN,
+            examples=gate.outputs["training_examples"],
+            schema=curated_schema.outputs["schema"],
+            base_model=latest_blessed_model.outputs["model"],
+            train_args=tfx.proto.TrainArgs(),
+            eval_args=tfx.proto.EvalArgs(),
+            custom_config={"hparams": config.trainer_hparams()})
+        evaluator = tfx.components.Evaluator(
+            examples=example_gen.outputs["examples"],
+            example_splits=["eval"],
+            model=trainer.outputs["model"],
+            baseline_model=latest_blessed_model.outputs["model"],
+            eval_config=build_eval_config(config.min_auc, config.max_auc_drop,
+                                          config.min_eval_examples))
+        pusher = tfx.components.Pusher(
+            model=trainer.outputs["model"],
+            model_blessing=evaluator.outputs["blessing"],
+            push_destination=tfx.proto.PushDestination(
+                filesystem=tfx.proto.PushDestination.Filesystem(
+                    base_directory=serving_model_dir or config.serving_model_dir)),
+            custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor))
+
+    return [example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
+            previous_gate_state, gate, latest_blessed_model, trainer, evaluator, pusher]
+
+
+def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = None,
+                    data_root=None, serving_model_dir: Optional[str] = None,
+                    metadata_connection_config=None,
+                    beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
+    """The pipeline for any runner; runners pass only locations, metadata and beam args."""
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=pipeline_root or os.path.abspath(config.pipeline_root),
+        components=create_components(config, data_root, serving_model_dir),
+        enable_cache=False,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None
+        else config.beam_pipeline_args)
