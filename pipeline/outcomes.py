@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from components.evaluation import failed_thresholds, overall_metrics
 
 PUSHED, DATA_BLOCKED, NOT_BLESSED, NO_NEW_DATA, FAILED = (
     "pushed", "data_blocked", "not_blessed", "no_new_data", "failed")
@@ -103,6 +102,8 @@ def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
 
 def decision_for_run(record: RunRecord) -> Decision:
     """Turn one run's artifacts into the decision a person (or a machine) reads."""
+    from components.evaluation import failed_thresholds, overall_metrics  # TFMA: heavy import
+
     examples = record.outputs.get("CsvExampleGen", {}).get("examples")
     span = _prop(examples, "span") if examples is not None else None
     base = dict(span=span, run_id=record.run_id, finished_at=record.finished_ms / 1000.0,
