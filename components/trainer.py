@@ -37,8 +37,10 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 Z_CLIP = 5.0
 
 DEFAULT_HPARAMS: Dict[str, Any] = {
-    "epochs": 20,
-    "batch_size": 32,
+    "epochs": 6,
+    "min_steps": 250,
+    "max_steps": 500,
+    "batch_size": 64,
     "learning_rate": 3e-3,
     "warm_start_learning_rate": 1e-3,
     "hidden_units": [64, 32],
@@ -220,7 +222,7 @@ def make_dataset(patterns: Iterable[str], batch_size: int, shuffle: bool,
                  seed: int = 7) -> tf.data.Dataset:
     dataset = tf.data.TFRecordDataset(_files(patterns), compression_type="GZIP")
     if shuffle:
-        dataset = dataset.shuffle(20_000, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(20_000, seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.batch(batch_size)
     return dataset.map(lambda s: (dense_features_from_examples(s), _label_from_examples(s)),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -313,6 +315,13 @@ def load_warm_start(base_serving_dir: str) -> Tuple[Dict[str, Any], str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def training_steps(rows: int, hparams: Dict[str, Any]) -> int:
+    """Epochs over the window, bounded: small windows still get enough steps to learn, and a
+    large window cannot blow the cycle's time budget (fewer steps also overfit less here)."""
+    wanted = -(-rows * hparams["epochs"] // hparams["batch_size"])
+    return int(min(hparams["max_steps"], max(hparams["min_steps"], wanted)))
+
+
 def _hparams(custom_config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     hparams = dict(DEFAULT_HPARAMS)
     hparams.update((custom_config or {}).get("hparams", {}))
@@ -340,9 +349,12 @@ def run_fn(fn_args) -> None:
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                   loss="binary_crossentropy",
                   metrics=[tf_keras.metrics.AUC(name="auc")])
-    history = model.fit(train, validation_data=evaluation, epochs=hparams["epochs"], verbose=0)
-    logging.info("trained on %d rows x %d epochs: %s", len(next(iter(columns.values()))),
-                 hparams["epochs"], {k: round(v[-1], 4) for k, v in history.history.items()})
+    rows = len(next(iter(columns.values())))
+    steps = training_steps(rows, hparams)
+    model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
+    logging.info("trained on %d rows, %d steps of %d (warm start: %s); eval: %s", rows, steps,
+                 hparams["batch_size"], bool(base_weights),
+                 model.evaluate(evaluation, verbose=0, return_dict=True))
 
     export_serving_model(model, fn_args.serving_model_dir,
                          _sample_serialized_examples(fn_args.eval_files, 8))

@@ -36,8 +36,10 @@ class PipelineConfig:
     # Data gate and training window
     window_spans: int = 3
     # Trainer
-    epochs: int = 20
-    batch_size: int = 32
+    epochs: int = 6
+    min_steps: int = 250
+    max_steps: int = 500
+    batch_size: int = 64
     learning_rate: float = 3e-3
     warm_start: bool = True
     seed: int = 7
@@ -76,11 +78,13 @@ class PipelineConfig:
 
     def trainer_hparams(self) -> Dict[str, Any]:
         return {"epochs": self.epochs, "batch_size": self.batch_size,
+                "min_steps": self.min_steps, "max_steps": self.max_steps,
                 "learning_rate": self.learning_rate, "warm_start": self.warm_start,
                 "seed": self.seed}
 
     def validate(self) -> "PipelineConfig":
         positive = ("train_buckets", "eval_buckets", "window_spans", "epochs", "batch_size",
+                    "min_steps", "max_steps",
                     "min_eval_examples", "trainer_gpus")
         for name in positive:
             if getattr(self, name) < (0 if name == "trainer_gpus" else 1):

@@ -88,11 +88,16 @@ def captured_logs(log_path: str, progress: Optional[logging.Handler]) -> Iterato
         logger.addHandler(file_handler)
         if logger.name != "root":
             logger.propagate = False
+    absl_logger = logging.getLogger("absl")
     if progress:
-        logging.getLogger("absl").addHandler(progress)
+        absl_logger.addHandler(progress)
+    # TF's SavedModel export toggles absl verbosity (CRITICAL, then WARNING - not the level it
+    # found), which would silence the orchestrator's progress lines for the rest of the cycle.
+    absl_logger.setLevel = lambda level: None  # type: ignore[method-assign]
     try:
         yield
     finally:
+        del absl_logger.setLevel
         for logger, level, propagate, handlers in saved:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)

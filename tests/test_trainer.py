@@ -64,3 +64,11 @@ def test_model_shapes_do_not_depend_on_vocabulary_size():
     large = trainer.build_model(trainer.learn_preprocessing(_columns(["Cash", "Card", "Pcard"])),
                                 trainer.DEFAULT_HPARAMS)
     assert [w.shape for w in small.weights] == [w.shape for w in large.weights]
+
+
+def test_training_steps_are_bounded():
+    hparams = dict(trainer.DEFAULT_HPARAMS, epochs=6, batch_size=64, min_steps=250,
+                   max_steps=500)
+    assert trainer.training_steps(600, hparams) == 250
+    assert trainer.training_steps(4000, hparams) == 375
+    assert trainer.training_steps(100_000, hparams) == 500
