@@ -26,7 +26,8 @@ def _quiet_libraries() -> None:
     import logging
 
     warnings.filterwarnings("ignore")
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

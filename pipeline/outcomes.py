@@ -149,7 +149,10 @@ def _blessed_reason(metrics: Dict[str, Dict[str, float]]) -> str:
     baseline = metrics.get("baseline", {}).get("auc")
     if baseline is None:
         return f"blessed: first model, AUC {candidate} meets the value threshold"
-    return f"blessed: AUC {candidate} vs served model {baseline} on this span's eval split"
+    change = candidate - baseline if candidate is not None else 0.0
+    within = ", within the allowed drop (max_auc_drop)" if change < 0 else ""
+    return (f"blessed: AUC {candidate} vs served model {baseline} ({change:+.4f}{within}) "
+            "on this span's eval split")
 
 
 def pipeline_runs(store: mlmd.MetadataStore, pipeline_name: str) -> List[mlmd_pb2.Context]:
