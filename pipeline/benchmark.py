@@ -23,8 +23,9 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--home", help="home to use (default: a new temporary folder)")
     args = parser.parse_args(argv)
 
-    import warnings
-    warnings.filterwarnings("ignore")
+    from pipeline.cli import quiet_libraries
+
+    quiet_libraries()
     started = time.time()
     from pipeline import outcomes
     from pipeline.config import PipelineConfig

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Library warnings are for the cycle log, not the terminal."""
     import logging
 
@@ -192,7 +192,7 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "demo": cmd_demo,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     args = build_parser().parse_args(argv)
     from pipeline.config import ConfigError
     from pipeline.spans import BadInput
