@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctpipe-installed
 
-.PHONY: demo test venv schema-diff benchmark clean
+.PHONY: demo test venv schema-diff benchmark kubeflow-compile kubeflow-image clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,20 @@ schema-diff: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) -m pipeline.benchmark
+
+KFP_SPEC ?= kubeflow/out/ctpipe_pipeline.json
+IMAGE ?= ghcr.io/example/ctpipe:0.1.0
+
+kubeflow-compile: $(STAMP)
+	$(VENV)/bin/ctpipe kubeflow compile --output $(KFP_SPEC) $(if $(KFP_CONFIG),--config $(KFP_CONFIG))
+
+# Builds only where a container engine runs; says so and fails otherwise.
+kubeflow-image:
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	    docker build -f kubeflow/Dockerfile -t $(IMAGE) . ; \
+	else \
+	    echo "kubeflow-image: no running container engine here (docker info fails); build on a machine with one: docker build -f kubeflow/Dockerfile -t $(IMAGE) ." >&2; exit 2; \
+	fi
 
 clean:
 	rm -rf ctpipe-home .pytest_cache

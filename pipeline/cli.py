@@ -46,8 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(run)
 
     status = commands.add_parser("status", help="served model and decision history (from MLMD)")
-    status.add_argument("--home", required=True)
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--home", help="local pipeline home (SQLite ML Metadata)")
+    where.add_argument("--mlmd-host", help="ML Metadata gRPC host (Kubeflow's metadata-grpc-service)")
+    status.add_argument("--mlmd-port", type=int, default=8080)
     _add_config_flags(status)
+
+    kubeflow = commands.add_parser("kubeflow", help="compile, upload and schedule on Kubeflow")
+    kfp_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
+    compile_ = kfp_commands.add_parser("compile", help="write the KFP v2 pipeline spec (JSON)")
+    compile_.add_argument("--output", default="kubeflow/out/ctpipe_pipeline.json")
+    _add_config_flags(compile_)
+    upload = kfp_commands.add_parser("upload", help="create the pipeline or add a version")
+    upload.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8888")
+    upload.add_argument("--package", help="compiled spec (default: compile now)")
+    _add_config_flags(upload)
+    schedule = kfp_commands.add_parser("schedule", help="recurring retraining run")
+    schedule.add_argument("--host", required=True)
+    schedule.add_argument("--cron", required=True, help="'0 3 * * *' (5 or 6 fields)")
+    schedule.add_argument("--experiment", default="ctpipe")
+    schedule.add_argument("--data-root", help="value of the data-root runtime parameter")
+    _add_config_flags(schedule)
 
     demo = commands.add_parser("demo", help="bootstrap, then feed spans as arrivals (a table)")
     demo.add_argument("--home", help="home directory (default: a new temporary one)")
@@ -124,10 +143,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.spans import BadInput
 
     config = load_config(args, home=args.home)
-    if not os.path.exists(config.metadata_path):
-        raise BadInput(f"no pipeline home at {args.home} (no {os.path.basename(config.metadata_path)})")
-    store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
-    decisions = outcomes.history(store, config.pipeline_name)
+    if args.mlmd_host:
+        decisions = _history_over_grpc(config, args.mlmd_host, args.mlmd_port)
+    else:
+        if not os.path.exists(config.metadata_path):
+            raise BadInput(f"no pipeline home at {args.home} "
+                           f"(no {os.path.basename(config.metadata_path)})")
+        store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
+        decisions = outcomes.history(store, config.pipeline_name)
     report = {
         "model_name": config.model_name,
         "model_base_path": os.path.abspath(config.serving_model_dir),
@@ -141,6 +164,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"serving version: {report['serving_version']}")
     print(history_table(decisions))
     return EXIT_OK
+
+
+def _history_over_grpc(config, host: str, port: int):
+    import ml_metadata as mlmd
+
+    from pipeline import outcomes
+    from pipeline.spans import BadInput
+
+    try:
+        store = outcomes.open_store(outcomes.grpc_connection(host, port))
+        return outcomes.history(store, config.pipeline_name)
+    except (mlmd.errors.UnavailableError, mlmd.errors.DeadlineExceededError) as error:
+        raise BadInput(f"ML Metadata at {host}:{port} is unreachable: "
+                       f"{str(error).splitlines()[0][:200]}")
 
 
 def history_table(decisions: Sequence) -> str:
@@ -187,19 +224,50 @@ def cmd_schema_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_kubeflow(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from kubeflow import client
+    from kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline
+
+    config = load_config(args)
+    if args.kubeflow_command == "compile":
+        spec = compile_pipeline(config, args.output)
+        tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+        result = {"output": os.path.abspath(args.output), "tasks": sorted(tasks),
+                  "image": config.image}
+    elif args.kubeflow_command == "upload":
+        package = args.package
+        if not package:
+            package = os.path.join(tempfile.mkdtemp(prefix="ctpipe-kfp-"), "pipeline.json")
+            compile_pipeline(config, package)
+        result = client.upload(args.host, package, config.pipeline_name)
+    else:
+        parameters = {DATA_ROOT_PARAMETER: args.data_root} if args.data_root else {}
+        result = client.schedule(args.host, config.pipeline_name, args.cron, args.experiment,
+                                 parameters)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+    return EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "demo": cmd_demo,
-            "schema-diff": cmd_schema_diff}
+            "schema-diff": cmd_schema_diff, "kubeflow": cmd_kubeflow}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
+    from kubeflow.client import KubeflowError
     from pipeline.config import ConfigError
     from pipeline.spans import BadInput
 
     try:
         return COMMANDS[args.command](args)
-    except (BadInput, ConfigError) as error:
+    except (BadInput, ConfigError, KubeflowError) as error:
         print(f"ctpipe: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -51,15 +51,21 @@ class PipelineConfig:
     # Beam: DirectRunner in-memory is fastest for small spans; Kubeflow overrides these.
     beam_pipeline_args: List[str] = dataclasses.field(
         default_factory=lambda: list(DIRECT_RUNNER_ARGS))
-    # Kubeflow (see kubeflow/)
-    image: str = "ctpipe:latest"
-    kfp_pipeline_root: str = "gs://YOUR_BUCKET/ctpipe"
-    kfp_data_root: str = "gs://YOUR_BUCKET/ctpipe/data"
+    # Kubeflow (see kubeflow/ and kubeflow/environments/*.toml)
+    image: str = "ghcr.io/example/ctpipe:0.1.0"
+    kfp_pipeline_root: str = "gs://example-bucket/ctpipe/pipeline_root"
+    kfp_data_root: str = "gs://example-bucket/ctpipe/data"
     kfp_serving_dir: str = "/models/big_tipper"
+    # Beam on the cluster: DirectRunner across the pod's cores unless an environment file says
+    # otherwise (Flink/Spark via the portable runner, or Dataflow).
+    kfp_beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [
+        "--direct_running_mode=multi_processing", "--direct_num_workers=0"])
     trainer_gpus: int = 1
     gpu_type: str = "NVIDIA_TESLA_T4"
     trainer_cpu: float = 4.0
     trainer_memory_gb: float = 16.0
+    evaluator_cpu: float = 4.0
+    evaluator_memory_gb: float = 8.0
     beam_cpu: float = 2.0
     beam_memory_gb: float = 8.0
 

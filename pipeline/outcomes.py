@@ -55,11 +55,23 @@ def sqlite_connection(path: str) -> mlmd_pb2.ConnectionConfig:
     return config
 
 
+# Two ML Metadata layouts: TFX's own orchestrators (local) and the KFP v2 backend (cluster).
+LAYOUTS = (("pipeline", "pipeline_run"), ("system.Pipeline", "system.PipelineRun"))
+KFP_TASK_NAME = "task_name"
+
+
+def grpc_connection(host: str, port: int) -> mlmd_pb2.MetadataStoreClientConfig:
+    """KFP's metadata-grpc-service (port 8080 in the kubeflow namespace)."""
+    return mlmd_pb2.MetadataStoreClientConfig(host=host, port=port)
+
+
 def _prop(artifact: mlmd_pb2.Artifact, name: str) -> Any:
     for properties in (artifact.custom_properties, artifact.properties):
         if name in properties:
             value = properties[name]
             kind = value.WhichOneof("value")
+            if kind == "double_value" and float(value.double_value).is_integer():
+                return int(value.double_value)  # KFP stores artifact metadata numbers as doubles
             return getattr(value, kind) if kind else None
     return None
 
@@ -80,6 +92,9 @@ def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
     executions = store.get_executions_by_context(run_context.id)
     node_of = {}
     for execution in executions:
+        if KFP_TASK_NAME in execution.custom_properties:  # KFP v2: the task name is the node id
+            node_of[execution.id] = execution.custom_properties[KFP_TASK_NAME].string_value
+            continue
         for context in store.get_contexts_by_execution(execution.id):
             if context.type == "node":
                 node_of[execution.id] = context.name[len(pipeline_name) + 1:]
@@ -156,13 +171,16 @@ def _blessed_reason(metrics: Dict[str, Dict[str, float]]) -> str:
 
 
 def pipeline_runs(store: mlmd.MetadataStore, pipeline_name: str) -> List[mlmd_pb2.Context]:
-    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if pipeline is None:
-        return []
-    runs = [c for c in store.get_children_contexts_by_context(pipeline.id)
-            if c.type == "pipeline_run"]
-    if not runs:  # older MLMD layouts associate runs without parent links
-        runs = store.get_contexts_by_type("pipeline_run")
+    """Run contexts of this pipeline, oldest first, in either layout."""
+    runs: List[mlmd_pb2.Context] = []
+    for pipeline_type, run_type in LAYOUTS:
+        try:
+            pipeline = store.get_context_by_type_and_name(pipeline_type, pipeline_name)
+        except mlmd.errors.NotFoundError:
+            pipeline = None
+        if pipeline is not None:
+            runs += [c for c in store.get_children_contexts_by_context(pipeline.id)
+                     if c.type == run_type]
     return sorted(runs, key=lambda c: c.id)
 
 

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines (v2): compile the same create_pipeline, upload it, schedule retraining."""

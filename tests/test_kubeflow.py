@@ -1,0 +1,231 @@
+"""Kubeflow: the compiled spec (real PipelineSpec proto), the image, and upload/schedule through
+the real kfp.Client against a loopback stand-in for the KFP REST API (no KFP server here)."""
+import http.server
+import json
+import re
+import threading
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from kubeflow import client
+from kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline
+from pipeline.config import PipelineConfig
+from tests.conftest import REPO, ctpipe
+
+FLINK = REPO / "kubeflow" / "environments" / "flink.toml"
+LOCAL_UPSTREAM = {  # the local DAG's dependencies, by node id
+    "StatisticsGen": {"CsvExampleGen"}, "SchemaGen": {"StatisticsGen"},
+    "ExampleValidator": {"StatisticsGen", "CuratedSchema"},
+    "DataGate": {"CsvExampleGen", "StatisticsGen", "CuratedSchema", "ExampleValidator",
+                 "PreviousGateState"},
+    "Trainer": {"DataGate", "CuratedSchema", "LatestBlessedModel"},
+    "Evaluator": {"CsvExampleGen", "Trainer", "LatestBlessedModel", "DataGate"},
+    "Pusher": {"Trainer", "Evaluator", "DataGate"},
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    config = PipelineConfig.from_sources(str(FLINK))
+    out = tmp_path_factory.mktemp("kfp")
+    return config, compile_pipeline(config, str(out / "a.json")), \
+        compile_pipeline(config, str(out / "b.json"))
+
+
+def test_spec_is_a_real_pipeline_spec_and_deterministic(compiled):
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    _, spec, again = compiled
+    proto = json_format.ParseDict(spec["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    assert proto.pipeline_info.name == "ctpipe"
+    assert spec == again
+
+
+def test_dependencies_match_the_local_dag(compiled):
+    _, spec, _ = compiled
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    def node(name):  # KFP splits the blessed-model resolver into two tasks
+        return re.sub(r"-model(-blessing)?-resolver$", "", name)
+    assert {node(t) for t in tasks} == {"CsvExampleGen", "StatisticsGen", "SchemaGen",
+                                        "CuratedSchema", "ExampleValidator", "PreviousGateState",
+                                        "DataGate", "LatestBlessedModel", "Trainer", "Evaluator",
+                                        "Pusher"}
+    for name, upstream in LOCAL_UPSTREAM.items():
+        assert {node(d) for d in tasks[name].get("dependentTasks", [])} == upstream, name
+
+
+def test_trainer_gets_the_gpu_and_beam_steps_their_resources(compiled):
+    config, spec, _ = compiled
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    trainer = executors["Trainer_executor"]["container"]["resources"]
+    assert trainer["accelerator"] == {"count": "1", "type": config.gpu_type}
+    assert trainer["cpuLimit"] == config.trainer_cpu
+    assert executors["Evaluator_executor"]["container"]["resources"]["memoryLimit"] == \
+        config.evaluator_memory_gb
+    assert executors["StatisticsGen_executor"]["container"]["resources"]["cpuLimit"] == \
+        config.beam_cpu
+
+
+def test_image_and_distributed_beam_args_are_carried(compiled):
+    config, spec, _ = compiled
+    containers = [e["container"] for e in spec["pipelineSpec"]["deploymentSpec"]["executors"]
+                  .values() if "container" in e]
+    assert containers and all(c["image"] == config.image for c in containers)
+    for name in ("StatisticsGen_executor", "Evaluator_executor", "CsvExampleGen_executor"):
+        args = spec["pipelineSpec"]["deploymentSpec"]["executors"][name]["container"]["args"]
+        assert "--runner=PortableRunner" in args and "--job_endpoint=flink-jobserver:8099" in args
+
+
+def test_data_root_is_a_runtime_parameter(compiled):
+    config, spec, _ = compiled
+    parameters = spec["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
+    assert DATA_ROOT_PARAMETER in parameters
+    assert spec["runtimeConfig"]["parameters"][DATA_ROOT_PARAMETER] == \
+        {"stringValue": config.kfp_data_root}
+    example_gen = spec["pipelineSpec"]["root"]["dag"]["tasks"]["CsvExampleGen"]
+    assert DATA_ROOT_PARAMETER in json.dumps(example_gen["inputs"])
+    assert spec["runtimeConfig"]["gcsOutputDirectory"] == config.kfp_pipeline_root
+
+
+def test_dockerfile_is_pinned_minimal_and_non_root():
+    text = (REPO / "kubeflow" / "Dockerfile").read_text()
+    logical = text.replace("\\\n", " ")  # join continuation lines
+    instructions = [line.split(None, 1) for line in logical.splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")]
+    froms = [rest for op, rest in instructions if op == "FROM"]
+    assert froms == ["tensorflow/tfx:1.16.0"]
+    users = [rest.strip() for op, rest in instructions if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    copied = {source for op, rest in instructions if op == "COPY" for source in rest.split()[:-1]}
+    assert copied <= {"constraints.txt", "pyproject.toml", "README.md", "pipeline/",
+                      "components/", "schema/", "serving/", "kubeflow/"}
+    assert not re.search(r"(?i)(password|secret|token|api_key|credentials)", text)
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored  # deny by default: .venv, data, tests and outputs stay out
+    assert not any(line.lstrip("!").startswith((".venv", "data", "tests")) for line in ignored)
+
+
+class FakeKfp(http.server.BaseHTTPRequestHandler):
+    """Just enough of the KFP v2beta1 REST API, with state, recording every request."""
+    state: dict = {}
+
+    def _reply(self, body, status=200):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802
+        url = urllib.parse.urlparse(self.path)
+        self.state["requests"].append(("GET", url.path))
+        if url.path.endswith("/pipelines"):
+            self._reply({"pipelines": self.state["pipelines"]})
+        elif url.path.endswith("/versions"):
+            self._reply({"pipeline_versions": self.state["versions"]})
+        elif url.path.endswith("/experiments"):
+            self._reply({"experiments": self.state["experiments"]})
+        else:
+            self._reply({})
+
+    def do_POST(self):  # noqa: N802
+        url = urllib.parse.urlparse(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.state["requests"].append(("POST", url.path))
+        if url.path.endswith("/pipelines/upload"):
+            pipeline = {"pipeline_id": "p1", "display_name": query["name"][0]}
+            self.state["pipelines"].append(pipeline)
+            self.state["versions"].append({"pipeline_version_id": "v0",
+                                           "display_name": query["name"][0]})
+            self._reply(pipeline)
+        elif url.path.endswith("/upload_version"):
+            version = {"pipeline_version_id": f"v{len(self.state['versions'])}",
+                       "display_name": query["name"][0], "pipeline_id": query["pipelineid"][0]}
+            self.state["versions"].insert(0, version)
+            self._reply(version)
+        elif url.path.endswith("/experiments"):
+            experiment = dict(json.loads(body), experiment_id="e1")
+            self.state["experiments"].append(experiment)
+            self._reply(experiment)
+        elif url.path.endswith("/recurringruns"):
+            self.state["recurring"].append(json.loads(body))
+            self._reply({"recurring_run_id": "r1"})
+        else:
+            self._reply({"error": "unknown"}, 404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def kfp_host():
+    FakeKfp.state = {"requests": [], "pipelines": [], "versions": [], "experiments": [],
+                     "recurring": []}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeKfp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_upload_creates_then_versions_idempotently(kfp_host, compiled, tmp_path):
+    package = tmp_path / "spec.json"
+    package.write_text(json.dumps(compiled[1]))
+    first = client.upload(kfp_host, str(package), "ctpipe")
+    assert first["created"] and first["pipeline_id"] == "p1"
+    again = client.upload(kfp_host, str(package), "ctpipe")
+    assert not again["created"] and again["version_id"] == first["version_id"]
+    uploads = [r for r in FakeKfp.state["requests"] if r[1].endswith("upload_version")]
+    assert len(uploads) == 1
+
+
+def test_schedule_creates_a_recurring_run_of_the_newest_version(kfp_host, compiled, tmp_path):
+    package = tmp_path / "spec.json"
+    package.write_text(json.dumps(compiled[1]))
+    uploaded = client.upload(kfp_host, str(package), "ctpipe")
+    result = client.schedule(kfp_host, "ctpipe", "0 3 * * *", "ctpipe",
+                             {DATA_ROOT_PARAMETER: "gs://bucket/data"})
+    assert result["cron"] == "0 0 3 * * *"
+    body = FakeKfp.state["recurring"][0]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert body["pipeline_version_reference"]["pipeline_version_id"] == uploaded["version_id"]
+    assert body["runtime_config"]["parameters"][DATA_ROOT_PARAMETER] == "gs://bucket/data"
+    assert body["max_concurrency"] == "1" or body["max_concurrency"] == 1
+
+
+def test_schedule_before_upload_is_a_clear_error(kfp_host):
+    with pytest.raises(client.KubeflowError, match="upload' first"):
+        client.schedule(kfp_host, "ctpipe", "0 3 * * *", "ctpipe")
+
+
+@pytest.mark.parametrize("cron, expected", [("0 3 * * *", "0 0 3 * * *"),
+                                            ("0 */5 * * * *", "0 */5 * * * *")])
+def test_cron_normalised(cron, expected):
+    assert client.normalise_cron(cron) == expected
+
+
+@pytest.mark.parametrize("cron", ["0 3 * *", "every day", "0 3 * * * * *"])
+def test_bad_cron_rejected(cron):
+    with pytest.raises(client.KubeflowError):
+        client.normalise_cron(cron)
+
+
+def test_unreachable_host_is_one_line_exit_2():
+    result = ctpipe("kubeflow", "upload", "--host", "http://127.0.0.1:9",
+                    "--package", str(REPO / "pyproject.toml"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = ctpipe("kubeflow", "schedule", "--host", "http://127.0.0.1:9", "--cron", "0 3 * * *")
+    assert result.returncode == 2 and "unreachable" in result.stderr
+
+
+def test_compile_command_writes_the_spec(tmp_path):
+    out = tmp_path / "spec.json"
+    result = ctpipe("kubeflow", "compile", "--output", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "Trainer" in json.loads(result.stdout)["tasks"]
+    assert json.loads(out.read_text())["pipelineSpec"]["pipelineInfo"]["name"] == "ctpipe"
