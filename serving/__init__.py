@@ -1,0 +1,1 @@
+"""Serving: a TF-Serving-compatible local server, gRPC/REST clients, Kubernetes deployment."""

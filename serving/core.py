@@ -1,0 +1,54 @@
+"""The request core both protocols share: resolve the servable, run the API, record metrics.
+REST (serving/rest.py) and gRPC (serving/grpc_service.py) only translate wire formats."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from serving.metrics import Metrics
+from serving.registry import ModelRegistry
+from serving.servables import Servable, ServingError
+
+
+class ServingCore:
+    def __init__(self, registry: ModelRegistry, metrics: Optional[Metrics] = None):
+        self.registry = registry
+        self.metrics = metrics or Metrics()
+
+    def _timed(self, api: str, entrypoint: str, model: str, version: Optional[int],
+               label: Optional[str], run: Callable[[Servable], Any]) -> Tuple[Servable, Any]:
+        started = time.perf_counter()
+        servable, status = None, "OK"
+        try:
+            servable = self.registry.resolve(model, version, label)
+            return servable, run(servable)
+        except ServingError as error:
+            status = error.code
+            raise
+        except Exception as error:  # noqa: BLE001 - never let a request kill the server
+            status = "INTERNAL"
+            raise ServingError("INTERNAL", f"{type(error).__name__}: {error}")
+        finally:
+            shown = str(servable.version) if servable else str(version or label or "")
+            self.metrics.observe(model, shown, api, entrypoint, status,
+                                 time.perf_counter() - started)
+
+    def predict(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
+                signature: str, inputs: Dict[str, Any], output_filter: Sequence[str] = ()):
+        return self._timed("predict", entrypoint, model, version, label,
+                           lambda s: s.predict(signature, inputs, output_filter))
+
+    def classify(self, entrypoint: str, model: str, version: Optional[int],
+                 label: Optional[str], signature: str, examples: List[bytes]):
+        return self._timed("classify", entrypoint, model, version, label,
+                           lambda s: s.classify(signature, examples))
+
+    def regress(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
+                signature: str, examples: List[bytes]):
+        return self._timed("regress", entrypoint, model, version, label,
+                           lambda s: s.regress(signature, examples))
+
+    def metadata(self, entrypoint: str, model: str, version: Optional[int],
+                 label: Optional[str]) -> Servable:
+        servable, _ = self._timed("metadata", entrypoint, model, version, label, lambda s: None)
+        return servable

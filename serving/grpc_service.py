@@ -1,0 +1,167 @@
+"""TF Serving's gRPC API (port 8500) over the shared core: PredictionService (Predict, Classify,
+Regress, GetModelMetadata) and ModelService (GetModelStatus, HandleReloadConfigRequest)."""
+from __future__ import annotations
+
+from concurrent import futures
+from typing import List, Optional, Tuple
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, model_management_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
+
+from serving.core import ServingCore
+from serving.model_config import from_proto
+from serving.servables import ServingError
+
+ENTRYPOINT = "GRPC"
+
+
+def _spec(model_spec) -> Tuple[str, Optional[int], Optional[str]]:
+    version = model_spec.version.value if model_spec.HasField("version") else None
+    label = model_spec.version_label or None
+    if not model_spec.name:
+        raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec name")
+    return model_spec.name, version, label
+
+
+def _abort(context, error: ServingError):
+    context.abort(getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL), error.message)
+
+
+def _examples(model_input) -> List[bytes]:
+    kind = model_input.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in model_input.example_list.examples]
+    if kind == "example_list_with_context":
+        listed = model_input.example_list_with_context
+        merged = []
+        for example in listed.examples:
+            combined = tf.train.Example()
+            combined.CopyFrom(listed.context)
+            combined.MergeFrom(example)
+            merged.append(combined.SerializeToString())
+        return merged
+    raise ServingError("INVALID_ARGUMENT", "Input is empty")
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, core: ServingCore):
+        self.core = core
+
+    def Predict(self, request, context):  # noqa: N802
+        try:
+            name, version, label = _spec(request.model_spec)
+            try:
+                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            except (TypeError, ValueError) as error:
+                raise ServingError("INVALID_ARGUMENT", f"malformed input tensor: {error}")
+            servable, outputs = self.core.predict(
+                ENTRYPOINT, name, version, label, request.model_spec.signature_name, inputs,
+                list(request.output_filter))
+            response = predict_pb2.PredictResponse()
+            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+            for alias, array in outputs.items():
+                response.outputs[alias].CopyFrom(tf.make_tensor_proto(array))
+            return response
+        except ServingError as error:
+            _abort(context, error)
+
+    def Classify(self, request, context):  # noqa: N802
+        try:
+            name, version, label = _spec(request.model_spec)
+            servable, results = self.core.classify(ENTRYPOINT, name, version, label,
+                                                   request.model_spec.signature_name,
+                                                   _examples(request.input))
+            response = classification_pb2.ClassificationResponse()
+            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+            for row in results:
+                classification = response.result.classifications.add()
+                for class_label, score in row:
+                    classification.classes.add(label=class_label, score=score)
+            return response
+        except ServingError as error:
+            _abort(context, error)
+
+    def Regress(self, request, context):  # noqa: N802
+        try:
+            name, version, label = _spec(request.model_spec)
+            servable, values = self.core.regress(ENTRYPOINT, name, version, label,
+                                                 request.model_spec.signature_name,
+                                                 _examples(request.input))
+            response = regression_pb2.RegressionResponse()
+            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+            for value in values:
+                response.result.regressions.add(value=value)
+            return response
+        except ServingError as error:
+            _abort(context, error)
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        try:
+            name, version, label = _spec(request.model_spec)
+            unsupported = [f for f in request.metadata_field if f != "signature_def"]
+            if unsupported or not request.metadata_field:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Metadata field {unsupported[0] if unsupported else '(none)'}"
+                                   " is not supported")
+            servable = self.core.metadata(ENTRYPOINT, name, version, label)
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for key, value in servable.signature_defs.items():
+                signature_map.signature_def[key].CopyFrom(value)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            self._fill_spec(response.model_spec, servable, "")
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
+        except ServingError as error:
+            _abort(context, error)
+
+    @staticmethod
+    def _fill_spec(model_spec, servable, signature_name: str) -> None:
+        model_spec.name = servable.name
+        model_spec.version.value = servable.version
+        model_spec.signature_name = signature_name or "serving_default"
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, core: ServingCore):
+        self.core = core
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        try:
+            name, version, label = _spec(request.model_spec)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for status in self.core.registry.status(name, version, label):
+                entry = response.model_version_status.add(version=status.version,
+                                                          state=status.state)
+                entry.status.error_code = 0 if status.error_code == "OK" else 2
+                entry.status.error_message = status.error_message
+            return response
+        except ServingError as error:
+            _abort(context, error)
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.core.registry.reload_config(from_proto(request.config))
+        except ServingError as error:
+            response.status.error_code = getattr(grpc.StatusCode, error.code).value[0]
+            response.status.error_message = error.message
+        return response
+
+
+def start_grpc(core: ServingCore, host: str, port: int, max_message_bytes: int,
+               workers: int = 8) -> Tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    server.start()
+    return server, bound

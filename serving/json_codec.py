@@ -1,0 +1,137 @@
+"""TF Serving's REST JSON rules: row ("instances") and columnar ("inputs") requests, {"b64": ...}
+for binary strings, JSON tf.Examples for classify/regress, and the matching response shapes."""
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from serving.servables import ServingError
+
+
+def _decode_b64(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (ValueError, TypeError):
+                raise ServingError("INVALID_ARGUMENT", "Unable to base64 decode")
+        raise ServingError("INVALID_ARGUMENT", f"JSON object {value} is not a {{'b64': ...}} value")
+    if isinstance(value, list):
+        return [_decode_b64(v) for v in value]
+    return value
+
+
+def predict_inputs(body: Dict[str, Any], input_aliases: List[str]
+                   ) -> Tuple[Dict[str, Any], bool]:
+    """(inputs by alias, row_format) from a :predict body."""
+    has_instances, has_inputs = "instances" in body, "inputs" in body
+    if has_instances == has_inputs:
+        raise ServingError("INVALID_ARGUMENT",
+                           "JSON Value: request must have exactly one of 'instances' or 'inputs'")
+    if has_inputs:
+        value = body["inputs"]
+        if isinstance(value, dict) and not set(value) == {"b64"}:
+            return {k: _decode_b64(v) for k, v in value.items()}, False
+        if len(input_aliases) != 1:
+            raise ServingError("INVALID_ARGUMENT",
+                               "'inputs' must be an object keyed by input name "
+                               f"({', '.join(sorted(input_aliases))})")
+        return {input_aliases[0]: _decode_b64(value)}, False
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise ServingError("INVALID_ARGUMENT", "'instances' must be a non-empty list")
+    named = all(isinstance(i, dict) and set(i) != {"b64"} for i in instances)
+    if not named:
+        if len(input_aliases) != 1:
+            raise ServingError("INVALID_ARGUMENT",
+                               "instances must be objects keyed by input name for a signature "
+                               f"with several inputs ({', '.join(sorted(input_aliases))})")
+        return {input_aliases[0]: [_decode_b64(i) for i in instances]}, True
+    keys = set(instances[0])
+    if any(set(i) != keys for i in instances):
+        raise ServingError("INVALID_ARGUMENT",
+                           "all instances must have the same keys (a missing value must be "
+                           "sent explicitly)")
+    return {key: [_decode_b64(i[key]) for i in instances] for key in keys}, True
+
+
+def _json_value(alias: str, array: np.ndarray) -> Any:
+    def convert(value):
+        if isinstance(value, bytes):
+            if alias.endswith("_bytes"):
+                return {"b64": base64.b64encode(value).decode()}
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                return {"b64": base64.b64encode(value).decode()}
+        if isinstance(value, (np.floating, float)):
+            return float(value) if math.isfinite(value) else str(value)
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, np.bool_):
+            return bool(value)
+        return value
+    if array.dtype == object:
+        return np.vectorize(convert, otypes=[object])(array).tolist() if array.size else []
+    return [convert(v) for v in array.reshape(-1)] if array.ndim == 0 else \
+        _nested(array.tolist(), convert)
+
+
+def _nested(value, convert):
+    if isinstance(value, list):
+        return [_nested(v, convert) for v in value]
+    return convert(value)
+
+
+def predict_response(outputs: Dict[str, np.ndarray], row_format: bool) -> Dict[str, Any]:
+    if not row_format:
+        converted = {k: _json_value(k, v) for k, v in outputs.items()}
+        return {"outputs": next(iter(converted.values())) if len(converted) == 1 else converted}
+    rows = len(next(iter(outputs.values())))
+    if len(outputs) == 1:
+        alias, array = next(iter(outputs.items()))
+        return {"predictions": [_json_value(alias, array[i]) for i in range(rows)]}
+    return {"predictions": [{alias: _json_value(alias, array[i])
+                             for alias, array in outputs.items()} for i in range(rows)]}
+
+
+def examples_from_json(body: Dict[str, Any]) -> List[bytes]:
+    """Serialized tf.Examples from a :classify / :regress body ("examples" + optional "context")."""
+    import tensorflow as tf
+
+    examples = body.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise ServingError("INVALID_ARGUMENT", "'examples' must be a non-empty list")
+    context = body.get("context", {})
+    if not isinstance(context, dict):
+        raise ServingError("INVALID_ARGUMENT", "'context' must be an object")
+    serialized = []
+    for example in examples:
+        if not isinstance(example, dict):
+            raise ServingError("INVALID_ARGUMENT", "each example must be a JSON object")
+        features = {}
+        for name, value in {**context, **example}.items():
+            features[name] = _feature(name, value)
+        serialized.append(tf.train.Example(
+            features=tf.train.Features(feature=features)).SerializeToString())
+    return serialized
+
+
+def _feature(name: str, value: Any):
+    import tensorflow as tf
+
+    values = value if isinstance(value, list) else [value]
+    values = [_decode_b64(v) for v in values]
+    if all(isinstance(v, bool) for v in values) or not values:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+    if all(isinstance(v, (str, bytes)) for v in values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[v if isinstance(v, bytes) else v.encode("utf-8") for v in values]))
+    raise ServingError("INVALID_ARGUMENT", f"feature '{name}' mixes value types: {value!r}")

@@ -1,0 +1,194 @@
+"""Which model versions are loaded, and the swap to new ones with no failed request.
+
+Like TF Serving's file-system source and manager: every poll lists the integer-named directories
+under each model's base path, picks the versions its policy wants (latest N, all, specific),
+loads and warms up new ones *before* they become AVAILABLE, and only then unloads versions the
+policy no longer wants. A request holds a reference to the servable it resolved, so in-flight
+requests finish on the old version while new requests go to the new one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import tensorflow as tf
+
+from serving.model_config import ModelSpecConfig, parse_models
+from serving.servables import Servable, ServingError
+
+# tensorflow.serving.ModelVersionStatus.State values
+START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
+STATE_NAMES = {0: "UNKNOWN", START: "START", LOADING: "LOADING", AVAILABLE: "AVAILABLE",
+               UNLOADING: "UNLOADING", END: "END"}
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class VersionStatus:
+    version: int
+    state: int
+    error_code: str = "OK"
+    error_message: str = ""
+    servable: Optional[Servable] = None
+
+
+class ManagedModel:
+    def __init__(self, spec: ModelSpecConfig):
+        self.spec = spec
+        self.versions: Dict[int, VersionStatus] = {}
+
+    def available(self) -> Dict[int, Servable]:
+        return {v: s.servable for v, s in self.versions.items()
+                if s.state == AVAILABLE and s.servable is not None}
+
+
+def versions_on_disk(base_path: str) -> List[int]:
+    if not tf.io.gfile.isdir(base_path):
+        return []
+    return sorted(int(n.strip("/")) for n in tf.io.gfile.listdir(base_path)
+                  if n.strip("/").isdigit())
+
+
+class ModelRegistry:
+    def __init__(self, models: List[ModelSpecConfig], poll_seconds: float = 1.0,
+                 on_event: Optional[Callable[[str], None]] = None):
+        self._lock = threading.RLock()
+        self._models: Dict[str, ManagedModel] = {m.name: ManagedModel(m) for m in models}
+        self._poll_seconds = poll_seconds
+        self._on_event = on_event or (lambda message: log.info(message))
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "ModelRegistry":
+        self.poll_once()
+        self._thread = threading.Thread(target=self._loop, name="model-poller", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - the poller must survive a bad model directory
+                log.exception("model poll failed")
+
+    def poll_once(self) -> None:
+        with self._lock:
+            models = list(self._models.values())
+        for model in models:
+            self._sync(model)
+
+    def _sync(self, model: ManagedModel) -> None:
+        wanted = set(model.spec.wanted_versions(versions_on_disk(model.spec.base_path)))
+        for version in sorted(wanted):
+            current = model.versions.get(version)
+            if current is None or current.state == END and current.error_code == "OK":
+                self._load(model, version)
+        if not model.available() and wanted:
+            return  # never unload the last servable before a replacement is up
+        for version, status in list(model.versions.items()):
+            if version not in wanted and status.state == AVAILABLE:
+                status.state = UNLOADING
+                status.servable = None
+                status.state = END
+                self._on_event(f"unloaded {model.spec.name} version {version}")
+
+    def _load(self, model: ManagedModel, version: int) -> None:
+        status = VersionStatus(version=version, state=LOADING)
+        model.versions[version] = status
+        path = f"{model.spec.base_path.rstrip('/')}/{version}"
+        started = time.monotonic()
+        try:
+            servable = Servable(model.spec.name, version, path)
+            replayed = servable.warm_up()
+        except Exception as error:  # noqa: BLE001 - a broken version must not stop serving
+            status.state, status.error_code = END, "UNKNOWN"
+            status.error_message = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            self._on_event(f"failed to load {model.spec.name} version {version}: "
+                           f"{status.error_message}")
+            return
+        status.servable, status.state = servable, AVAILABLE
+        self._on_event(f"loaded {model.spec.name} version {version} in "
+                       f"{time.monotonic() - started:.1f}s ({replayed} warmup requests)")
+
+    # -- configuration -------------------------------------------------------------------
+    def reload_config(self, models: List[ModelSpecConfig]) -> None:
+        """HandleReloadConfigRequest: new models load, removed ones unload, labels move."""
+        with self._lock:
+            old = self._models
+            self._models = {}
+            for spec in models:
+                managed = old.get(spec.name)
+                if managed is not None and managed.spec.base_path == spec.base_path:
+                    managed.spec = spec
+                    self._models[spec.name] = managed
+                else:
+                    self._models[spec.name] = ManagedModel(spec)
+        self.poll_once()
+        for spec in models:
+            for label, version in spec.labels.items():
+                if version not in self._models[spec.name].available():
+                    raise ServingError("FAILED_PRECONDITION",
+                                       f"label '{label}' points to version {version} of "
+                                       f"{spec.name}, which is not available")
+
+    # -- lookups ---------------------------------------------------------------------------
+    def _model(self, name: str) -> ManagedModel:
+        with self._lock:
+            model = self._models.get(name)
+        if model is None:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
+        return model
+
+    def resolve(self, name: str, version: Optional[int] = None,
+                label: Optional[str] = None) -> Servable:
+        model = self._model(name)
+        available = model.available()
+        if label:
+            if label not in model.spec.labels:
+                raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label}")
+            version = model.spec.labels[label]
+        if version is not None:
+            if version not in available:
+                raise ServingError("NOT_FOUND",
+                                   f"Servable not found for request: Specific({name}, {version})")
+            return available[version]
+        if not available:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
+        return available[max(available)]
+
+    def status(self, name: str, version: Optional[int] = None,
+               label: Optional[str] = None) -> List[VersionStatus]:
+        model = self._model(name)
+        if label:
+            if label not in model.spec.labels:
+                raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label}")
+            version = model.spec.labels[label]
+        statuses = sorted(model.versions.values(), key=lambda s: -s.version)
+        if version is not None:
+            statuses = [s for s in statuses if s.version == version]
+            if not statuses:
+                raise ServingError("NOT_FOUND",
+                                   f"Could not find version {version} of model {name}")
+        if not statuses:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+        return statuses
+
+    def model_names(self) -> List[str]:
+        with self._lock:
+            return sorted(self._models)
+
+
+def registry_from_config_text(text: str, poll_seconds: float = 1.0,
+                              on_event=None) -> ModelRegistry:
+    return ModelRegistry(parse_models(text), poll_seconds=poll_seconds, on_event=on_event)

@@ -1,0 +1,60 @@
+"""`ctpipe serve`: the local TF-Serving-compatible server (gRPC 8500, REST 8501, 127.0.0.1).
+
+Serves any TF Serving model layout (<base_path>/<integer version>/saved_model.pb): the pipeline's
+pushes, or any SavedModel with predict/classify/regress signatures.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Callable, List, Optional
+
+from serving.core import ServingCore
+from serving.grpc_service import start_grpc
+from serving.model_config import ModelSpecConfig
+from serving.registry import ModelRegistry
+from serving.rest import start_rest
+
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class RunningServer:
+    core: ServingCore
+    grpc_server: object
+    rest_server: object
+    host: str
+    grpc_port: int
+    rest_port: int
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.rest_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def stop(self) -> None:
+        self.rest_server.shutdown()
+        self.rest_server.server_close()
+        self.grpc_server.stop(grace=2).wait()
+        self.core.registry.stop()
+
+
+def start_server(models: List[ModelSpecConfig], host: str = "127.0.0.1", grpc_port: int = 8500,
+                 rest_port: int = 8501, poll_seconds: float = 1.0,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 on_event: Optional[Callable[[str], None]] = None) -> RunningServer:
+    registry = ModelRegistry(models, poll_seconds=poll_seconds, on_event=on_event).start()
+    core = ServingCore(registry)
+    grpc_server, bound_grpc = start_grpc(core, host, grpc_port, max_request_bytes)
+    try:
+        rest_server = start_rest(core, host, rest_port, max_request_bytes)
+    except OSError:
+        grpc_server.stop(grace=0)
+        registry.stop()
+        raise
+    threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
+    return RunningServer(core, grpc_server, rest_server, host, bound_grpc,
+                         rest_server.server_address[1])
