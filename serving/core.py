@@ -24,14 +24,23 @@ class ServingCore:
             return servable, run(servable)
         except ServingError as error:
             status = error.code
+            error.recorded = True
             raise
         except Exception as error:  # noqa: BLE001 - never let a request kill the server
             status = "INTERNAL"
-            raise ServingError("INTERNAL", f"{type(error).__name__}: {error}")
+            internal = ServingError("INTERNAL", f"{type(error).__name__}: {error}")
+            internal.recorded = True
+            raise internal
         finally:
             shown = str(servable.version) if servable else str(version or label or "")
             self.metrics.observe(model, shown, api, entrypoint, status,
                                  time.perf_counter() - started)
+
+    def record_rejected(self, entrypoint: str, api: str, model: str, error: ServingError,
+                        seconds: float) -> None:
+        """Requests refused before reaching a servable (bad JSON, unknown signature...)."""
+        if not getattr(error, "recorded", False):
+            self.metrics.observe(model, "", api, entrypoint, error.code, seconds)
 
     def predict(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
                 signature: str, inputs: Dict[str, Any], output_filter: Sequence[str] = ()):

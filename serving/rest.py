@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import time
 from typing import Any, Dict, Optional, Tuple
 
 from google.protobuf import json_format
@@ -91,6 +92,8 @@ def make_handler(core: ServingCore, max_body_bytes: int):
                 self._error(error)
 
         def do_POST(self):  # noqa: N802
+            started = time.perf_counter()
+            parts: Dict[str, Optional[str]] = {}
             try:
                 parts, version = self._route()
                 if not parts["verb"]:
@@ -100,6 +103,9 @@ def make_handler(core: ServingCore, max_body_bytes: int):
                 self._send(200, self._run(parts["verb"], parts["name"], version, parts["label"],
                                           body))
             except ServingError as error:
+                core.record_rejected("REST", parts.get("verb") or "unknown",
+                                     parts.get("name") or "", error,
+                                     time.perf_counter() - started)
                 self._error(error)
 
         def _json_body(self) -> Dict[str, Any]:

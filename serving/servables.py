@@ -9,6 +9,7 @@ Serving see the same behaviour here.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +44,15 @@ def read_signature_defs(export_dir: str) -> Dict[str, "tf.compat.v1.SignatureDef
     meta_graph = saved_model.meta_graphs[0]
     return {key: value for key, value in meta_graph.signature_def.items()
             if key != INIT_OP_SIGNATURE}
+
+
+def _readable(message: str) -> str:
+    """TF's 'Graph execution error:' plus node dumps -> the one line that says what is wrong."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Graph execution error",
+                                                             "Detected at node", "[[", "File "))]
+    text = re.sub(r"\s*\[\[\{\{node [^]]*\]\]", "", " ".join(useful or lines))
+    return text[:500]
 
 
 class Servable:
@@ -117,7 +127,7 @@ class Servable:
         try:
             return function(**tensors)
         except tf.errors.InvalidArgumentError as error:
-            raise ServingError("INVALID_ARGUMENT", error.message.splitlines()[0])
+            raise ServingError("INVALID_ARGUMENT", _readable(error.message))
         except (TypeError, ValueError) as error:
             raise ServingError("INVALID_ARGUMENT", str(error).splitlines()[0])
 
