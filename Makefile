@@ -9,7 +9,7 @@ STAMP := $(VENV)/.ctpipe-installed
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --ignore-requires-python -c constraints.txt \
-	    "tfx[kfp]==1.16.0" tensorflow-serving-api==2.16.1 pytest
+	    "tfx[kfp]==1.16.0" tensorflow-serving-api==2.16.1 kubernetes-validate==1.37.0 pytest
 	$(PY) -m pip install -q --ignore-requires-python --no-deps -e .
 	@touch $(STAMP)
 
