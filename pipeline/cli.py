@@ -215,14 +215,19 @@ def history_table(decisions: Sequence) -> str:
             served = d.model_version
         auc = d.metrics.get("candidate", {}).get("auc")
         base = d.metrics.get("baseline", {}).get("auc")
-        first_reason = next((r for r in d.reasons if "quarantined" not in r), d.reasons[0]
-                            if d.reasons else "")
-        if d.outcome == "not_blessed" and len(d.reasons) > 1:
-            first_reason = d.reasons[1]
         rows.append(f"{str(d.span):>4}  {d.outcome:<12} {_num(auc):>7} {_num(base):>8} "
                     f"{str(served if served is not None else '-'):>6} "
-                    f"{_num(d.seconds, '.1f'):>6}  {first_reason[:90]}")
+                    f"{_num(d.seconds, '.1f'):>6}  {_headline_reason(d)[:90]}")
     return "\n".join(rows)
+
+
+def _headline_reason(decision) -> str:
+    """The most specific reason: blocked and not-blessed decisions start with a summary line
+    ("span N quarantined", "candidate not blessed"); the first detail after it says why."""
+    reasons = decision.reasons
+    if decision.outcome in ("data_blocked", "not_blessed") and len(reasons) > 1:
+        return reasons[1]
+    return reasons[0] if reasons else ""
 
 
 def _num(value: Optional[float], fmt: str = ".4f") -> str:
@@ -288,7 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.servables import ServingError
     from pipeline.spans import BadInput
 
-    config = load_config(args)
+    config = load_config(args, home=args.home)
     if args.model_config_file:
         try:
             with open(args.model_config_file) as handle:
@@ -302,9 +307,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise BadInput("--model-base-path needs --model-name")
         models = model_config.single_model(args.model_name, os.path.abspath(args.model_base_path))
     else:
-        home_config = load_config(args, home=args.home)
-        models = model_config.single_model(args.model_name or home_config.model_name,
-                                           os.path.abspath(home_config.serving_model_dir))
+        models = model_config.single_model(args.model_name or config.model_name,
+                                           os.path.abspath(config.serving_model_dir))
     try:
         server = start_server(models, host=args.host, grpc_port=args.port,
                               rest_port=args.rest_api_port,
@@ -314,7 +318,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as error:
         raise BadInput(f"cannot listen on {args.host}:{args.port}/{args.rest_api_port}: "
                        f"{error.strerror or error}")
-    del config
     print(f"serving {', '.join(m.name for m in models)}: gRPC {server.grpc_address}, "
           f"REST {server.rest_url} (Ctrl-C stops)", file=sys.stderr, flush=True)
     stopped = threading.Event()

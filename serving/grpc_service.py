@@ -2,6 +2,7 @@
 Regress, GetModelMetadata) and ModelService (GetModelStatus, HandleReloadConfigRequest)."""
 from __future__ import annotations
 
+import functools
 from concurrent import futures
 from typing import List, Optional, Tuple
 
@@ -27,8 +28,16 @@ def _spec(model_spec) -> Tuple[str, Optional[int], Optional[str]]:
     return model_spec.name, version, label
 
 
-def _abort(context, error: ServingError):
-    context.abort(getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL), error.message)
+def _aborts_with_status(method):
+    """A ServingError becomes the gRPC status TF Serving would send (never a crash)."""
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as error:
+            context.abort(getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL),
+                          error.message)
+    return wrapper
 
 
 def _examples(model_input) -> List[bytes]:
@@ -51,72 +60,64 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core: ServingCore):
         self.core = core
 
+    @_aborts_with_status
     def Predict(self, request, context):  # noqa: N802
+        name, version, label = _spec(request.model_spec)
         try:
-            name, version, label = _spec(request.model_spec)
-            try:
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            except (TypeError, ValueError) as error:
-                raise ServingError("INVALID_ARGUMENT", f"malformed input tensor: {error}")
-            servable, outputs = self.core.predict(
-                ENTRYPOINT, name, version, label, request.model_spec.signature_name, inputs,
-                list(request.output_filter))
-            response = predict_pb2.PredictResponse()
-            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
-            for alias, array in outputs.items():
-                response.outputs[alias].CopyFrom(tf.make_tensor_proto(array))
-            return response
-        except ServingError as error:
-            _abort(context, error)
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        except (TypeError, ValueError) as error:
+            raise ServingError("INVALID_ARGUMENT", f"malformed input tensor: {error}")
+        servable, outputs = self.core.predict(
+            ENTRYPOINT, name, version, label, request.model_spec.signature_name, inputs,
+            list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+        for alias, array in outputs.items():
+            response.outputs[alias].CopyFrom(tf.make_tensor_proto(array))
+        return response
 
+    @_aborts_with_status
     def Classify(self, request, context):  # noqa: N802
-        try:
-            name, version, label = _spec(request.model_spec)
-            servable, results = self.core.classify(ENTRYPOINT, name, version, label,
-                                                   request.model_spec.signature_name,
-                                                   _examples(request.input))
-            response = classification_pb2.ClassificationResponse()
-            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
-            for row in results:
-                classification = response.result.classifications.add()
-                for class_label, score in row:
-                    classification.classes.add(label=class_label, score=score)
-            return response
-        except ServingError as error:
-            _abort(context, error)
+        name, version, label = _spec(request.model_spec)
+        servable, results = self.core.classify(ENTRYPOINT, name, version, label,
+                                               request.model_spec.signature_name,
+                                               _examples(request.input))
+        response = classification_pb2.ClassificationResponse()
+        self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+        for row in results:
+            classification = response.result.classifications.add()
+            for class_label, score in row:
+                classification.classes.add(label=class_label, score=score)
+        return response
 
+    @_aborts_with_status
     def Regress(self, request, context):  # noqa: N802
-        try:
-            name, version, label = _spec(request.model_spec)
-            servable, values = self.core.regress(ENTRYPOINT, name, version, label,
-                                                 request.model_spec.signature_name,
-                                                 _examples(request.input))
-            response = regression_pb2.RegressionResponse()
-            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
-            for value in values:
-                response.result.regressions.add(value=value)
-            return response
-        except ServingError as error:
-            _abort(context, error)
+        name, version, label = _spec(request.model_spec)
+        servable, values = self.core.regress(ENTRYPOINT, name, version, label,
+                                             request.model_spec.signature_name,
+                                             _examples(request.input))
+        response = regression_pb2.RegressionResponse()
+        self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+        for value in values:
+            response.result.regressions.add(value=value)
+        return response
 
+    @_aborts_with_status
     def GetModelMetadata(self, request, context):  # noqa: N802
-        try:
-            name, version, label = _spec(request.model_spec)
-            unsupported = [f for f in request.metadata_field if f != "signature_def"]
-            if unsupported or not request.metadata_field:
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"Metadata field {unsupported[0] if unsupported else '(none)'}"
-                                   " is not supported")
-            servable = self.core.metadata(ENTRYPOINT, name, version, label)
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for key, value in servable.signature_defs.items():
-                signature_map.signature_def[key].CopyFrom(value)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            self._fill_spec(response.model_spec, servable, "")
-            response.metadata["signature_def"].Pack(signature_map)
-            return response
-        except ServingError as error:
-            _abort(context, error)
+        name, version, label = _spec(request.model_spec)
+        unsupported = [f for f in request.metadata_field if f != "signature_def"]
+        if unsupported or not request.metadata_field:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"Metadata field {unsupported[0] if unsupported else '(none)'}"
+                               " is not supported")
+        servable = self.core.metadata(ENTRYPOINT, name, version, label)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, value in servable.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(value)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        self._fill_spec(response.model_spec, servable, "")
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
 
     @staticmethod
     def _fill_spec(model_spec, servable, signature_name: str) -> None:
@@ -129,18 +130,16 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, core: ServingCore):
         self.core = core
 
+    @_aborts_with_status
     def GetModelStatus(self, request, context):  # noqa: N802
-        try:
-            name, version, label = _spec(request.model_spec)
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for status in self.core.registry.status(name, version, label):
-                entry = response.model_version_status.add(version=status.version,
-                                                          state=status.state)
-                entry.status.error_code = 0 if status.error_code == "OK" else 2
-                entry.status.error_message = status.error_message
-            return response
-        except ServingError as error:
-            _abort(context, error)
+        name, version, label = _spec(request.model_spec)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in self.core.registry.status(name, version, label):
+            entry = response.model_version_status.add(version=status.version,
+                                                      state=status.state)
+            entry.status.error_code = 0 if status.error_code == "OK" else 2
+            entry.status.error_message = status.error_message
+        return response
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         response = model_management_pb2.ReloadConfigResponse()
