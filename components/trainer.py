@@ -254,9 +254,9 @@ class _ServingModule(tf.Module):
         return {"classes": classes, "scores": scores}
 
 
-def _mark_classify_method(export_dir: str, signature: str) -> None:
-    """tf.saved_model.save writes every signature as 'predict'; TF Serving's Classify needs
-    method_name tensorflow/serving/classify, so the saved_model.pb is edited in place."""
+def set_signature_method(export_dir: str, signature: str, method: str) -> None:
+    """tf.saved_model.save writes every signature as 'predict'; TF Serving's Classify/Regress need
+    method_name tensorflow/serving/classify|regress, so the saved_model.pb is edited in place."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     path = os.path.join(export_dir, "saved_model.pb")
@@ -264,7 +264,7 @@ def _mark_classify_method(export_dir: str, signature: str) -> None:
     with tf.io.gfile.GFile(path, "rb") as handle:
         saved_model.ParseFromString(handle.read())
     for meta_graph in saved_model.meta_graphs:
-        meta_graph.signature_def[signature].method_name = CLASSIFY_METHOD
+        meta_graph.signature_def[signature].method_name = method
     with tf.io.gfile.GFile(path, "wb") as handle:
         handle.write(saved_model.SerializeToString())
 
@@ -295,7 +295,7 @@ def export_serving_model(model: tf_keras.Model, export_dir: str,
         "serving_raw": raw_signature.get_concrete_function(),
         "classification": module.classify_examples.get_concrete_function(),
     })
-    _mark_classify_method(export_dir, "classification")
+    set_signature_method(export_dir, "classification", CLASSIFY_METHOD)
     write_warmup_requests(export_dir, warmup_examples)
 
 

@@ -3,7 +3,6 @@ for binary strings, JSON tf.Examples for classify/regress, and the matching resp
 from __future__ import annotations
 
 import base64
-import math
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -58,32 +57,23 @@ def predict_inputs(body: Dict[str, Any], input_aliases: List[str]
     return {key: [_decode_b64(i[key]) for i in instances] for key in keys}, True
 
 
-def _json_value(alias: str, array: np.ndarray) -> Any:
-    def convert(value):
-        if isinstance(value, bytes):
-            if alias.endswith("_bytes"):
-                return {"b64": base64.b64encode(value).decode()}
-            try:
-                return value.decode("utf-8")
-            except UnicodeDecodeError:
-                return {"b64": base64.b64encode(value).decode()}
-        if isinstance(value, (np.floating, float)):
-            return float(value) if math.isfinite(value) else str(value)
-        if isinstance(value, np.integer):
-            return int(value)
-        if isinstance(value, np.bool_):
-            return bool(value)
-        return value
-    if array.dtype == object:
-        return np.vectorize(convert, otypes=[object])(array).tolist() if array.size else []
-    return [convert(v) for v in array.reshape(-1)] if array.ndim == 0 else \
-        _nested(array.tolist(), convert)
-
-
-def _nested(value, convert):
-    if isinstance(value, list):
-        return [_nested(v, convert) for v in value]
-    return convert(value)
+def _json_value(alias: str, value: Any) -> Any:
+    """A tensor (or one row of it) as TF Serving writes it: text as UTF-8 strings, `*_bytes`
+    outputs and non-UTF-8 bytes as {"b64": ...}, numbers as JSON numbers (NaN stays NaN)."""
+    def convert(item):
+        if isinstance(item, list):
+            return [convert(v) for v in item]
+        if isinstance(item, bytes):
+            if not alias.endswith("_bytes"):
+                try:
+                    return item.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+            return {"b64": base64.b64encode(item).decode()}
+        if isinstance(item, (np.generic,)):
+            return item.item()
+        return item
+    return convert(value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value)
 
 
 def predict_response(outputs: Dict[str, np.ndarray], row_format: bool) -> Dict[str, Any]:
