@@ -17,7 +17,6 @@ and a TF Serving warmup file (assets.extra/tf_serving_warmup_requests).
 from __future__ import annotations
 
 import collections
-import glob
 import json
 import logging
 import os

@@ -5,7 +5,6 @@ import json
 import re
 import threading
 import urllib.parse
-from pathlib import Path
 
 import pytest
 from google.protobuf import json_format

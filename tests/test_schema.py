@@ -1,5 +1,4 @@
 """The curated contract: clean sample spans pass it (schema and drift), real shifts fail it."""
-import os
 
 import pytest
 

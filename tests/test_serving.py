@@ -1,7 +1,6 @@
 """Local server behaviour beyond the client contract: hot swap under load, version policy and
 labels from a model config file, reload, REST error bodies, size limit, metrics, binding."""
 import json
-import shutil
 import threading
 import time
 import urllib.error

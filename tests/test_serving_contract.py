@@ -88,8 +88,6 @@ def test_predict_matches_the_saved_model_in_process(client, endpoints):
 
 
 def test_serialized_examples_and_classify_agree_with_raw(client):
-    import tensorflow as tf
-
     from serving.json_codec import examples_from_json
     raw = np.asarray(client.predict(COLUMNS, "serving_raw")["probabilities"]).reshape(-1)
     serialized = examples_from_json({"examples": EXAMPLES})
@@ -99,7 +97,6 @@ def test_serialized_examples_and_classify_agree_with_raw(client):
     classes = client.classify(EXAMPLES)
     assert [label for label, _ in classes[0]] == ["0", "1"]
     np.testing.assert_allclose([row[1][1] for row in classes], raw, rtol=1e-5)
-    del tf
 
 
 @pytest.mark.parametrize("call, code", [

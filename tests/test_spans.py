@@ -1,6 +1,5 @@
 """Bad input is refused before ExampleGen with one line (exit 2 at the CLI)."""
 import os
-import shutil
 
 import pytest
 
