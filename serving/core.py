@@ -15,13 +15,15 @@ class ServingCore:
         self.registry = registry
         self.metrics = metrics or Metrics()
 
-    def _timed(self, api: str, entrypoint: str, model: str, version: Optional[int],
-               label: Optional[str], run: Callable[[Servable], Any]) -> Tuple[Servable, Any]:
+    def run(self, api: str, entrypoint: str, model: str, version: Optional[int],
+            label: Optional[str], work: Callable[[Servable], Any]) -> Tuple[Servable, Any]:
+        """Resolve the servable once and do all the request's work on that one object, so a
+        version swap between two lookups cannot fail the request; time it for the metrics."""
         started = time.perf_counter()
         servable, status = None, "OK"
         try:
             servable = self.registry.resolve(model, version, label)
-            return servable, run(servable)
+            return servable, work(servable)
         except ServingError as error:
             status = error.code
             error.recorded = True
@@ -44,20 +46,20 @@ class ServingCore:
 
     def predict(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
                 signature: str, inputs: Dict[str, Any], output_filter: Sequence[str] = ()):
-        return self._timed("predict", entrypoint, model, version, label,
+        return self.run("predict", entrypoint, model, version, label,
                            lambda s: s.predict(signature, inputs, output_filter))
 
     def classify(self, entrypoint: str, model: str, version: Optional[int],
                  label: Optional[str], signature: str, examples: List[bytes]):
-        return self._timed("classify", entrypoint, model, version, label,
+        return self.run("classify", entrypoint, model, version, label,
                            lambda s: s.classify(signature, examples))
 
     def regress(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
                 signature: str, examples: List[bytes]):
-        return self._timed("regress", entrypoint, model, version, label,
+        return self.run("regress", entrypoint, model, version, label,
                            lambda s: s.regress(signature, examples))
 
     def metadata(self, entrypoint: str, model: str, version: Optional[int],
                  label: Optional[str]) -> Servable:
-        servable, _ = self._timed("metadata", entrypoint, model, version, label, lambda s: None)
+        servable, _ = self.run("metadata", entrypoint, model, version, label, lambda s: None)
         return servable

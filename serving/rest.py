@@ -140,12 +140,12 @@ def make_handler(core: ServingCore, max_body_bytes: int):
             if not isinstance(signature, str):
                 raise ServingError("INVALID_ARGUMENT", "'signature_name' must be a string")
             if verb == "predict":
-                servable = core.registry.resolve(name, version, label)
-                aliases = list(servable.signature(signature)[0].inputs)
-                inputs, row_format = json_codec.predict_inputs(body, aliases)
-                _, outputs = core.predict("REST", name, servable.version, None, signature,
-                                          inputs)
-                return json_codec.predict_response(outputs, row_format)
+                def predict_json(servable):
+                    aliases = list(servable.signature(signature)[0].inputs)
+                    inputs, row_format = json_codec.predict_inputs(body, aliases)
+                    return json_codec.predict_response(servable.predict(signature, inputs),
+                                                       row_format)
+                return core.run("predict", "REST", name, version, label, predict_json)[1]
             examples = json_codec.examples_from_json(body)
             if verb == "classify":
                 _, results = core.classify("REST", name, version, label, signature, examples)
