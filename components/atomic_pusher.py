@@ -21,6 +21,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from serving.model_config import versions_on_disk
+
 INCOMING_PREFIX = ".incoming-"
 HIGH_WATER_FILE = ".ctpipe-high-water-version"
 
@@ -47,13 +49,6 @@ def copy_tree(source: str, destination: str) -> None:
             tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target_dir, name))
 
 
-def published_versions(base: str) -> List[int]:
-    if not tf.io.gfile.isdir(base):
-        return []
-    return sorted(int(name.strip("/")) for name in tf.io.gfile.listdir(base)
-                  if name.strip("/").isdigit())
-
-
 def _high_water(base: str) -> int:
     path = os.path.join(base, HIGH_WATER_FILE)
     if not tf.io.gfile.exists(path):
@@ -64,7 +59,7 @@ def _high_water(base: str) -> int:
 
 
 def next_version(base: str) -> int:
-    return max([_high_water(base), *published_versions(base)], default=0) + 1
+    return max([_high_water(base), *versions_on_disk(base)], default=0) + 1
 
 
 def remove_stale_incoming(base: str) -> None:

@@ -14,9 +14,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-import tensorflow as tf
 
-from serving.model_config import ModelSpecConfig, parse_models
+from serving.model_config import ModelSpecConfig, parse_models, versions_on_disk
 from serving.servables import Servable, ServingError
 
 # tensorflow.serving.ModelVersionStatus.State values
@@ -44,13 +43,6 @@ class ManagedModel:
     def available(self) -> Dict[int, Servable]:
         return {v: s.servable for v, s in self.versions.items()
                 if s.state == AVAILABLE and s.servable is not None}
-
-
-def versions_on_disk(base_path: str) -> List[int]:
-    if not tf.io.gfile.isdir(base_path):
-        return []
-    return sorted(int(n.strip("/")) for n in tf.io.gfile.listdir(base_path)
-                  if n.strip("/").isdigit())
 
 
 class ModelRegistry:
@@ -98,7 +90,6 @@ class ModelRegistry:
             return  # never unload the last servable before a replacement is up
         for version, status in list(model.versions.items()):
             if version not in wanted and status.state == AVAILABLE:
-                status.state = UNLOADING
                 status.servable = None
                 status.state = END
                 self._on_event(f"unloaded {model.spec.name} version {version}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -56,14 +55,13 @@ def _readable(message: str) -> str:
 
 
 class Servable:
-    """A loaded SavedModel version. Thread-safe: TF functions may be called concurrently."""
+    """A loaded SavedModel version. TF functions may be called concurrently, so no lock."""
 
     def __init__(self, name: str, version: int, path: str):
         self.name, self.version, self.path = name, version, path
         self.signature_defs = read_signature_defs(path)
         self._loaded = tf.saved_model.load(path)
         self._functions = dict(self._loaded.signatures)
-        self._lock = threading.Lock()
 
     # -- signatures ------------------------------------------------------------------------
     def signature(self, name: str) -> Tuple[object, object]:
@@ -72,11 +70,6 @@ class Servable:
             raise ServingError("FAILED_PRECONDITION",
                                f'Serving signature key "{key}" not found.')
         return self.signature_defs[key], self._functions[key]
-
-    def input_dtypes(self, signature_name: str) -> Dict[str, tf.DType]:
-        signature_def, _ = self.signature(signature_name)
-        return {alias: tf.dtypes.as_dtype(info.dtype)
-                for alias, info in signature_def.inputs.items()}
 
     # -- predict ---------------------------------------------------------------------------
     def predict(self, signature_name: str, inputs: Dict[str, np.ndarray],

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from components import atomic_pusher as ap
+from serving.model_config import versions_on_disk
 
 
 @pytest.fixture()
@@ -25,7 +26,7 @@ def test_versions_are_increasing_integers(model_dir, tmp_path):
     base = tmp_path / "serving"
     assert ap.publish_atomically(str(model_dir), str(base)) == 1
     assert ap.publish_atomically(str(model_dir), str(base)) == 2
-    assert ap.published_versions(str(base)) == [1, 2]
+    assert versions_on_disk(str(base)) == [1, 2]
     shutil.rmtree(base / "2")  # a rollback deletes a version: its number is never reused
     assert ap.publish_atomically(str(model_dir), str(base)) == 3
 
@@ -69,7 +70,7 @@ def test_killed_push_leaves_no_version_and_is_cleaned_up(model_dir, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     leftovers = os.listdir(base)
-    assert ap.published_versions(str(base)) == []
+    assert versions_on_disk(str(base)) == []
     assert all(name.startswith(ap.INCOMING_PREFIX) for name in leftovers)
     assert ap.publish_atomically(str(model_dir), str(base)) == 1
     assert not [n for n in os.listdir(base) if n.startswith(ap.INCOMING_PREFIX)]
