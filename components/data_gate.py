@@ -2,16 +2,25 @@
 
 Why a component of our own: ExampleValidator only records a `blessed` property (TFX never stops
 the Trainer by itself) and it cannot compare against a previous span, so drift comparators in the
-schema would do nothing. The gate reads ExampleValidator's anomalies (schema contract), runs TFDV's
-drift comparators against the last *accepted* span, and writes:
+schema would do nothing. The gate, in order:
 
-  state              (tfx Dataset artifact) the ledger: accepted spans, quarantined spans and why,
-                     the drift baseline. Custom property `accepted` (1/0) drives the pipeline's Cond.
-                     The next cycle resolves the latest ledger with LatestArtifactStrategy - the
-                     only resolver besides LatestBlessedModel that Kubeflow V2 compiles - so the
-                     ledger is carried forward: a rejected span copies the previous one.
-  training_examples  (Examples) the rolling window: the last K accepted spans, ready for Trainer.
-                     A quarantined span never enters it.
+  1. schema contract: ExampleValidator's anomalies;
+  2. drift: TFDV's comparators from the schema against the accepted span just below this one
+     (the baseline) and against the oldest span of the training window (the long reference), so
+     slow drift is caught as well as sudden drift;
+  3. labels: the production model scores this span's eval split and the window's eval splits;
+     a far lower AUC on this span means its labels are poisoned (components/label_check.py);
+  4. warm start: the production model only if its whole training window is still clean,
+     else the newest clean blessed model, else a cold start (components/ledger.py).
+
+It writes:
+  state              (tfx Dataset artifact) the ledger (components/ledger.py). Custom property
+                     `accepted` (1/0) drives the pipeline's Cond. The next cycle resolves the
+                     latest ledger with LatestArtifactStrategy; operator actions (`ctpipe
+                     quarantine ...`) publish a new ledger the same way.
+  training_examples  (Examples) the rolling window: the last K accepted spans by span number, as
+                     links to the spans' own ExampleGen files (no copy on a local filesystem),
+                     plus window.json telling the Trainer which spans and which warm start.
 """
 
 import dataclasses
@@ -25,36 +34,15 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental.simple_artifacts import Dataset
 
+from components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
+from components.ledger import LEDGER_FILE, Ledger, choose_warm_start
+
 # The ledger's artifact type. Kubeflow V2 resolves artifacts by type title and titles every custom
 # type 'tfx.Artifact', so the ledger uses a standard type that nothing else in this pipeline makes.
 GateState = Dataset
 
-LEDGER_FILE = "ledger.json"
 SPLITS = ("train", "eval")
 DRIFT_REASON_PREFIX = "COMPARATOR_"
-
-
-@dataclasses.dataclass
-class Ledger:
-    """Which spans were accepted (with their artifacts) and which were quarantined, and why."""
-
-    accepted: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
-    quarantined: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    @property
-    def baseline(self) -> Optional[Dict[str, Any]]:
-        return self.accepted[-1] if self.accepted else None
-
-    def window(self, spans: int) -> List[Dict[str, Any]]:
-        return self.accepted[-spans:]
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Ledger":
-        data = json.loads(text)
-        return cls(accepted=data.get("accepted", []), quarantined=data.get("quarantined", []))
 
 
 @dataclasses.dataclass
@@ -68,19 +56,19 @@ class GateDecision:
 
 
 def decide(span: int, examples_uri: str, statistics_uri: str, schema_reasons: List[str],
-           drift_reasons: List[str], previous: Ledger, window_spans: int) -> GateDecision:
-    """Pure decision: accept the span (it joins the window and becomes the drift baseline) or
-    quarantine it (the ledger keeps the reasons; the window and baseline stay as they were)."""
-    baseline = previous.baseline
-    reasons = list(schema_reasons) + list(drift_reasons)
-    ledger = Ledger(accepted=list(previous.accepted), quarantined=list(previous.quarantined))
+           drift_reasons: List[str], previous: Ledger, window_spans: int,
+           label_reasons: Optional[List[str]] = None) -> GateDecision:
+    """Pure decision: accept the span (it joins the window, ordered by span number) or
+    quarantine it (the ledger keeps the reasons and its artifacts for a later release)."""
+    baseline = previous.baseline(span)
+    reasons = list(schema_reasons) + list(drift_reasons) + list(label_reasons or [])
+    uris = {"examples_uri": examples_uri, "statistics_uri": statistics_uri}
     if reasons:
-        ledger.quarantined.append({"span": span, "reasons": reasons})
+        ledger = previous.quarantine(span, reasons, by="gate", **uris)
         window: List[Dict[str, Any]] = []
     else:
-        ledger.accepted.append({"span": span, "examples_uri": examples_uri,
-                                "statistics_uri": statistics_uri})
-        window = ledger.window(window_spans)
+        ledger = previous.accept({"span": span, **uris})
+        window = ledger.window(span, window_spans)
     return GateDecision(span=span, accepted=not reasons, reasons=reasons, ledger=ledger,
                         training_spans=[entry["span"] for entry in window],
                         baseline_span=baseline["span"] if baseline else None)
@@ -116,8 +104,9 @@ def load_split_statistics(statistics_uri: str, split: str):
     return tfdv.load_stats_binary(os.path.join(statistics_uri, f"Split-{split}", "FeatureStats.pb"))
 
 
-def drift_reasons(statistics, baseline_statistics, schema, baseline_span: int) -> List[str]:
-    """TFDV drift comparators from the schema, current span vs the last accepted span."""
+def drift_reasons(statistics, baseline_statistics, schema, baseline_span: int,
+                  label: str = "") -> List[str]:
+    """TFDV drift comparators from the schema, current span vs `baseline_span`."""
     import tensorflow_data_validation as tfdv
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
@@ -127,21 +116,41 @@ def drift_reasons(statistics, baseline_statistics, schema, baseline_span: int) -
     for feature, info in sorted(anomalies.anomaly_info.items()):
         for reason in info.reason:
             if anomalies_pb2.AnomalyInfo.Type.Name(reason.type).startswith(DRIFT_REASON_PREFIX):
-                reasons.append(f"{feature}: drift vs span {baseline_span} - {reason.description}")
+                reasons.append(f"{feature}: drift vs span {baseline_span}{label} - "
+                               f"{reason.description}")
     return reasons
 
 
-def _copy_window(window: List[Dict[str, Any]], output_uri: str) -> None:
-    """Copy the window's split files into one Examples artifact (names keep their span)."""
+def _drift_against_references(ledger: Ledger, span: int, statistics_uri: str, schema,
+                              window_spans: int, split: str) -> List[str]:
+    current = load_split_statistics(statistics_uri, split)
+    reasons: List[str] = []
+    baseline = ledger.baseline(span)
+    if baseline:
+        reasons += drift_reasons(current, load_split_statistics(baseline["statistics_uri"], split),
+                                 schema, baseline["span"])
+    reference = ledger.long_reference(span, window_spans)
+    if reference and not reasons:
+        reasons += drift_reasons(current,
+                                 load_split_statistics(reference["statistics_uri"], split),
+                                 schema, reference["span"], " (oldest span of the window)")
+    return reasons
+
+
+def _link_window(window: List[Dict[str, Any]], output_uri: str) -> None:
+    """Make the window's split files appear in one Examples artifact (names keep their span).
+    Local files are symlinked - a window is read, never written - remote ones copied."""
     for split in SPLITS:
         target = os.path.join(output_uri, f"Split-{split}")
         tf.io.gfile.makedirs(target)
         for entry in window:
             source = os.path.join(entry["examples_uri"], f"Split-{split}")
             for name in tf.io.gfile.listdir(source):
-                tf.io.gfile.copy(os.path.join(source, name),
-                                 os.path.join(target, f"span-{entry['span']}-{name}"),
-                                 overwrite=True)
+                destination = os.path.join(target, f"span-{entry['span']}-{name}")
+                if "://" in source:
+                    tf.io.gfile.copy(os.path.join(source, name), destination, overwrite=True)
+                else:
+                    os.symlink(os.path.join(source, name), destination)
 
 
 def span_of(examples) -> int:
@@ -149,6 +158,13 @@ def span_of(examples) -> int:
     if examples.has_custom_property("span"):
         return int(examples.get_int_custom_property("span"))
     return int(examples.span)
+
+
+def read_json(path: str) -> Optional[Any]:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
 
 
 def read_ledger(state_uri: Optional[str]) -> Ledger:
@@ -161,6 +177,15 @@ def read_ledger(state_uri: Optional[str]) -> Ledger:
         return Ledger.from_json(handle.read())
 
 
+def model_training_spans(model_uri: str) -> List[int]:
+    lineage = read_json(os.path.join(model_uri, LINEAGE_FILE)) or {}
+    return list(lineage.get("training_spans", []))
+
+
+def _model_usable(model_uri: str) -> bool:
+    return tf.io.gfile.exists(os.path.join(model_uri, WARM_START_DIR))
+
+
 @component
 def DataGate(  # noqa: N802 - TFX component names are classes by convention
     examples: InputArtifact[standard_artifacts.Examples],
@@ -170,23 +195,43 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     state: OutputArtifact[GateState],
     training_examples: OutputArtifact[standard_artifacts.Examples],
     previous_state: InputArtifact[GateState] = None,
+    production_model: InputArtifact[standard_artifacts.Model] = None,
     window_spans: Parameter[int] = 3,
+    label_check_max_drop: Parameter[float] = 0.15,
+    label_check_min_rows: Parameter[int] = 50,
     drift_split: Parameter[str] = "train",
 ) -> None:
     import tensorflow_data_validation as tfdv
 
+    from components.label_check import check_labels
+
     span = span_of(examples)
-    previous = read_ledger(previous_state.uri if previous_state else None)
+    previous = read_ledger(previous_state.uri if previous_state else None).without(span)
+    production = None
+    if production_model is not None:
+        production = {"uri": production_model.uri,
+                      "training_spans": model_training_spans(production_model.uri)}
+        previous = previous.remember_model(production["uri"], production["training_spans"])
     curated = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
     schema_found = schema_reasons_from_validator(anomalies.uri)
     drift_found: List[str] = []
-    if previous.baseline and not schema_found:
-        drift_found = drift_reasons(
-            load_split_statistics(statistics.uri, drift_split),
-            load_split_statistics(previous.baseline["statistics_uri"], drift_split),
-            curated, previous.baseline["span"])
+    if not schema_found:
+        drift_found = _drift_against_references(previous, span, statistics.uri, curated,
+                                                window_spans, drift_split)
+    label_found: List[str] = []
+    checks: Dict[str, Any] = {}
+    reference = previous.reference_window(span, window_spans)
+    if production and reference and not schema_found and not drift_found:
+        result = check_labels(production["uri"], examples.uri,
+                              [(e["span"], e["examples_uri"]) for e in reference],
+                              label_check_max_drop)
+        checks["labels"] = result.to_dict()
+        if result.span_rows >= label_check_min_rows and result.failed:
+            label_found.append(result.reason(span))
     decision = decide(span, examples.uri, statistics.uri, schema_found, drift_found, previous,
-                      window_spans)
+                      window_spans, label_found)
+    warm_start = choose_warm_start(decision.ledger, production, _model_usable)
+    checks["warm_start"] = warm_start
 
     with tf.io.gfile.GFile(os.path.join(state.uri, LEDGER_FILE), "w") as handle:
         handle.write(decision.ledger.to_json())
@@ -194,8 +239,9 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     state.set_int_custom_property("span", span)
     state.set_string_custom_property("reasons", json.dumps(decision.reasons))
     state.set_string_custom_property("training_spans", json.dumps(decision.training_spans))
-    state.set_string_custom_property(
-        "quarantined_spans", json.dumps([q["span"] for q in decision.ledger.quarantined]))
+    state.set_string_custom_property("quarantined_spans",
+                                     json.dumps(decision.ledger.quarantined_spans()))
+    state.set_string_custom_property("checks", json.dumps(checks))
     state.set_int_custom_property(
         "baseline_span", decision.baseline_span if decision.baseline_span is not None else -1)
 
@@ -204,4 +250,6 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     training_examples.set_string_custom_property("training_spans",
                                                  json.dumps(decision.training_spans))
     if decision.accepted:
-        _copy_window(decision.ledger.window(window_spans), training_examples.uri)
+        _link_window(decision.ledger.window(span, window_spans), training_examples.uri)
+        with tf.io.gfile.GFile(os.path.join(training_examples.uri, WINDOW_FILE), "w") as handle:
+            json.dump({"spans": decision.training_spans, "warm_start": warm_start}, handle)

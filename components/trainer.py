@@ -27,8 +27,8 @@ import tensorflow as tf
 import tf_keras
 
 from components import features as F
+from components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
 
-WARM_START_DIR = "warm_start"  # beside Format-Serving inside the Model artifact
 PREPROCESSING_FILE = "preprocessing.json"
 WEIGHTS_PREFIX = "weights"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -305,10 +305,43 @@ def save_warm_start(model: tf_keras.Model, state: Dict[str, Any], directory: str
     model.save_weights(os.path.join(directory, WEIGHTS_PREFIX))
 
 
-def load_warm_start(base_serving_dir: str) -> Tuple[Dict[str, Any], str]:
-    directory = os.path.join(os.path.dirname(base_serving_dir.rstrip("/")), WARM_START_DIR)
+def load_warm_start(model_uri: str) -> Tuple[Dict[str, Any], str]:
+    """Preprocessing state and weights prefix saved beside a Model artifact's Format-Serving."""
+    directory = os.path.join(model_uri, WARM_START_DIR)
     with tf.io.gfile.GFile(os.path.join(directory, PREPROCESSING_FILE)) as handle:
         return json.load(handle), os.path.join(directory, WEIGHTS_PREFIX)
+
+
+def read_window(train_files: Iterable[str]) -> Optional[Dict[str, Any]]:
+    """The data gate's window.json (spans, warm-start choice) at the root of the training
+    examples artifact; None for examples that did not come through the gate."""
+    for pattern in train_files:
+        path = os.path.join(os.path.dirname(os.path.dirname(pattern)), WINDOW_FILE)
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as handle:
+                return json.load(handle)
+    return None
+
+
+def warm_start_source(fn_args, window: Optional[Dict[str, Any]],
+                      hparams: Dict[str, Any]) -> Optional[str]:
+    """The Model artifact to warm-start from: the gate's choice (it skips models trained on
+    quarantined spans), else TFX's base_model, else none."""
+    if not hparams["warm_start"]:
+        return None
+    if window is not None:
+        return window["warm_start"]["uri"]
+    base_model = getattr(fn_args, "base_model", None)
+    return os.path.dirname(base_model.rstrip("/")) if base_model else None
+
+
+def write_lineage(model_uri: str, window: Optional[Dict[str, Any]],
+                  warm_start_uri: Optional[str]) -> None:
+    """What trained this model, for later gates (warm-start guard) and `ctpipe lineage`."""
+    with tf.io.gfile.GFile(os.path.join(model_uri, LINEAGE_FILE), "w") as handle:
+        json.dump({"training_spans": (window or {}).get("spans", []),
+                   "warm_start_uri": warm_start_uri,
+                   "warm_start": (window or {}).get("warm_start")}, handle)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,10 +369,12 @@ def run_fn(fn_args) -> None:
     evaluation = make_dataset(fn_args.eval_files, hparams["batch_size"], shuffle=False)
     columns = _column_arrays(make_dataset(fn_args.train_files, 4096, shuffle=False))
 
+    window = read_window(fn_args.train_files)
+    base_uri = warm_start_source(fn_args, window, hparams)
     base_state, base_weights = None, None
-    if hparams["warm_start"] and getattr(fn_args, "base_model", None):
-        base_state, base_weights = load_warm_start(fn_args.base_model)
-        logging.info("warm start from %s", fn_args.base_model)
+    if base_uri:
+        base_state, base_weights = load_warm_start(base_uri)
+        logging.info("warm start from %s", base_uri)
     state = learn_preprocessing(columns, base_state)
     model = build_model(state, hparams)
     if base_weights:
@@ -357,5 +392,6 @@ def run_fn(fn_args) -> None:
 
     export_serving_model(model, fn_args.serving_model_dir,
                          _sample_serialized_examples(fn_args.eval_files, 8))
-    save_warm_start(model, state, os.path.join(os.path.dirname(fn_args.serving_model_dir),
-                                               WARM_START_DIR))
+    model_uri = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
+    save_warm_start(model, state, os.path.join(model_uri, WARM_START_DIR))
+    write_lineage(model_uri, window, base_uri)

@@ -1,7 +1,8 @@
-"""The `ctpipe` command: run a cycle, show status and history, run the demo, diff schemas.
+"""The `ctpipe` command: run cycles, watch, quarantine, status, demo, serve, diff schemas.
 
 Exit codes (the contract other tools build on):
-  0 pushed   3 data blocked   4 not blessed   5 nothing new   2 bad input or usage   1 internal error
+  0 pushed   3 data blocked   4 not blessed   5 nothing new   6 gave up on a span
+  7 another runner holds the home   2 bad input or usage   1 internal error or failed cycle
 Every decision is printed for a person; with --json one JSON object goes to stdout instead and
 progress goes to stderr.
 """
@@ -39,17 +40,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctpipe", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run one cycle on the newest unprocessed span")
+    run = commands.add_parser("run", help="run one cycle on the oldest pending span")
     run.add_argument("--data-root", required=True, help="folder holding span-<N>/ folders")
     run.add_argument("--home", required=True, help="pipeline home (outputs, MLMD, serving)")
-    run.add_argument("--span", type=int, help="process this span instead of the newest")
+    run.add_argument("--span", type=int, help="process this span now (if it is undecided)")
+    run.add_argument("--all", action="store_true",
+                     help="process every pending span, oldest first (one JSON line each)")
+    run.add_argument("--from-span", type=int,
+                     help="on a fresh home, start at this span instead of the newest")
     _add_config_flags(run)
+
+    watch = commands.add_parser("watch", help="poll the data root and run pending spans")
+    watch.add_argument("--data-root", required=True)
+    watch.add_argument("--home", required=True)
+    watch.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
+    watch.add_argument("--max-cycles", type=int, help="stop after this many decisions")
+    watch.add_argument("--from-span", type=int)
+    _add_config_flags(watch)
+
+    quarantine = commands.add_parser("quarantine", help="list, add or release quarantined spans")
+    q_commands = quarantine.add_subparsers(dest="quarantine_command", required=True)
+    q_list = q_commands.add_parser("list", help="quarantined spans and why")
+    q_list.add_argument("--home", required=True)
+    _add_config_flags(q_list)
+    for name, text in (("add", "bad data found after the fact: leave all future windows"),
+                       ("release", "accept a quarantined span (e.g. a lasting change)")):
+        q_action = q_commands.add_parser(name, help=text)
+        q_action.add_argument("span", type=int)
+        q_action.add_argument("--home", required=True)
+        q_action.add_argument("--reason", required=True, help="recorded with the action")
+        _add_config_flags(q_action)
 
     status = commands.add_parser("status", help="served model and decision history (from MLMD)")
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--home", help="local pipeline home (SQLite ML Metadata)")
     where.add_argument("--mlmd-host", help="ML Metadata gRPC host (Kubeflow's metadata-grpc-service)")
     status.add_argument("--mlmd-port", type=int, default=8080)
+    status.add_argument("--data-root", help="also list the pending spans under this folder")
     _add_config_flags(status)
 
     kubeflow = commands.add_parser("kubeflow", help="compile, upload and schedule on Kubeflow")
@@ -131,13 +158,23 @@ def format_decision(decision) -> str:
         "data_blocked": "DATA BLOCKED - span quarantined, nothing trained, production unchanged",
         "not_blessed": "NOT BLESSED - candidate rejected, production unchanged",
         "no_new_data": "NOTHING NEW - no span to process, production unchanged",
-        "failed": "FAILED - internal error, production unchanged",
-    }[decision.outcome]
-    lines = [f"span {decision.span}: {headline}"]
+        "failed": "FAILED - the span stays pending and is retried, production unchanged",
+        "gave_up": "GAVE UP - span quarantined after repeated failures, production unchanged",
+    }[decision.outcome.value]
+    attempt = f" (attempt {decision.attempt})" if (decision.attempt or 1) > 1 else ""
+    lines = [f"span {decision.span}: {headline}{attempt}"]
     lines += [f"  why: {reason}" for reason in decision.reasons]
-    if decision.outcome in ("pushed", "not_blessed"):
+    labels = decision.checks.get("labels")
+    if labels and labels.get("production_auc_on_span") is not None:
+        lines.append(f"  labels: production model AUC {labels['production_auc_on_span']} on "
+                     f"this span vs {labels['production_auc_expected']} on spans "
+                     f"{', '.join(map(str, labels['reference_spans']))}")
+    if decision.outcome.value in ("pushed", "not_blessed"):
         lines.append(f"  metrics: {_metric_text(decision.metrics)}")
         lines.append(f"  trained on spans: {', '.join(map(str, decision.training_spans))}")
+        warm = decision.checks.get("warm_start")
+        if warm:
+            lines.append(f"  {warm['reason']}")
     if decision.seconds is not None:
         lines.append(f"  took {decision.seconds:.1f} s")
     return "\n".join(lines)
@@ -151,23 +188,83 @@ def _progress_printer(to_stderr: bool):
     return emit
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.local_runner import run_cycle
+def _decision_printer(as_json: bool):
+    def emit(decision) -> None:
+        print(json.dumps(decision.to_dict()) if as_json else format_decision(decision),
+              flush=True)
+    return emit
 
-    config = load_config(args, data_root=args.data_root, home=args.home, span=args.span)
-    decision = run_cycle(config, progress=_progress_printer(to_stderr=True))
-    if args.json:
-        print(json.dumps(decision.to_dict()))
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.local_runner import run_all, run_cycle
+    from pipeline.outcomes import FAILED, NO_NEW_DATA
+
+    config = load_config(args, data_root=args.data_root, home=args.home, span=args.span,
+                         from_span=args.from_span)
+    emit = _decision_printer(args.json)
+    progress = _progress_printer(to_stderr=True)
+    if not args.all:
+        decision = run_cycle(config, progress=progress)
+        emit(decision)
+        return decision.exit_code
+    decisions = run_all(config, progress=progress, on_decision=emit)
+    if any(d.outcome == FAILED for d in decisions):
+        return EXIT_INTERNAL
+    if all(d.outcome == NO_NEW_DATA for d in decisions):
+        return NO_NEW_DATA.exit_code
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from pipeline.watch import watch
+
+    config = load_config(args, data_root=args.data_root, home=args.home,
+                         from_span=args.from_span)
+    say = _progress_printer(to_stderr=True)
+    return watch(config, args.interval, args.max_cycles, _decision_printer(args.json), say,
+                 progress=say)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from pipeline import operator
+
+    config = load_config(args, home=args.home)
+    say = _progress_printer(to_stderr=True)
+    if args.quarantine_command == "list":
+        entries = operator.quarantine_list(config)
+        if args.json:
+            print(json.dumps(entries))
+            return EXIT_OK
+        if not entries:
+            print("no quarantined spans")
+        for entry in entries:
+            print(f"span {entry['span']} (by {entry['by']}): "
+                  f"{entry['reasons'][0] if entry['reasons'] else ''}")
+            for reason in entry["reasons"][1:]:
+                print(f"  {reason}")
+        return EXIT_OK
+    if args.quarantine_command == "add":
+        result = operator.quarantine_add(config, args.span, args.reason, say)
+        text = (f"span {args.span} quarantined: it leaves all future training windows"
+                + (f"; {len(result['no_longer_warm_start_sources'])} model(s) trained on it "
+                   "are no longer warm-start sources"
+                   if result["no_longer_warm_start_sources"] else ""))
     else:
-        print(format_decision(decision))
-    return decision.exit_code
+        result = operator.quarantine_release(config, args.span, args.reason, say)
+        text = (f"span {args.span} released: "
+                + ("it is pending again and the next cycle processes it" if result["reopened"]
+                   else "eligible for training windows"
+                   + (" and now the drift baseline" if result["drift_baseline"] else "")))
+    print(json.dumps(result) if args.json else f"{text} (reason: {args.reason})")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline import outcomes
+    from pipeline import cycles, outcomes
     from pipeline.spans import BadInput
 
     config = load_config(args, home=args.home)
+    extra: Dict[str, Any] = {}
     if args.mlmd_host:
         decisions = _history_over_grpc(config, args.mlmd_host, args.mlmd_port)
     else:
@@ -175,11 +272,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise BadInput(f"no pipeline home at {args.home} "
                            f"(no {os.path.basename(config.metadata_path)})")
         store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
-        decisions = outcomes.history(store, config.pipeline_name)
+        decisions = cycles.history(store, config.pipeline_name)
+        extra = _local_status(store, config, args.data_root)
     report = {
         "model_name": config.model_name,
         "model_base_path": os.path.abspath(config.serving_model_dir),
         "serving_version": outcomes.serving_version(decisions),
+        **extra,
         "history": [d.to_dict() for d in decisions],
     }
     if args.json:
@@ -187,8 +286,47 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"model {report['model_name']} at {report['model_base_path']}")
     print(f"serving version: {report['serving_version']}")
+    if extra:
+        print(f"pending spans: {_list_text(extra['pending_spans'])}   quarantined spans: "
+              f"{_list_text(extra['quarantined_spans'])}   running: "
+              f"{_list_text(extra['running_spans'])}")
     print(history_table(decisions))
+    for action in extra.get("operator_actions", []):
+        print(f"operator: {action['action']} span {action['span']} by {action['user']} at "
+              f"{_time_text(action['at'])}: {action['reason']}")
     return EXIT_OK
+
+
+def _local_status(store, config, data_root: Optional[str]) -> Dict[str, Any]:
+    from pipeline import cycles, ledger_store
+    from pipeline.spans import discover_spans
+
+    ledger, _ = ledger_store.latest_ledger(store, config.pipeline_name)
+    records = cycles.cycle_records(store, config.pipeline_name)
+    actions = cycles.operator_actions(store, config.pipeline_name)
+    available: List[int] = []
+    if data_root:
+        available = sorted(discover_spans(data_root))
+    plan = cycles.plan_spans(available, records, actions)
+    return {"pending_spans": plan.pending if available else None,
+            "quarantined_spans": ledger.quarantined_spans(),
+            "accepted_spans": ledger.accepted_spans(),
+            "running_spans": [r.span for r in records if r.running],
+            "attempts": {str(k): v for k, v in plan.attempts.items() if k not in plan.decided},
+            "operator_actions": [a.to_dict() for a in actions]}
+
+
+def _list_text(values) -> str:
+    if values is None:
+        return "? (pass --data-root)"
+    return ", ".join(map(str, values)) or "none"
+
+
+def _time_text(seconds: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%SZ")
 
 
 def _history_over_grpc(config, host: str, port: int):
@@ -207,16 +345,19 @@ def _history_over_grpc(config, host: str, port: int):
 
 def history_table(decisions: Sequence) -> str:
     header = f"{'span':>4}  {'outcome':<12} {'AUC':>7} {'baseline':>8} {'served':>6} " \
-             f"{'secs':>6}  reason"
+             f"{'window':<10} {'secs':>6}  reason"
     rows = [header, "-" * len(header)]
     served: Optional[int] = None
     for d in decisions:
+        if d.outcome == "no_new_data":
+            continue
         if d.outcome == "pushed":
             served = d.model_version
         auc = d.metrics.get("candidate", {}).get("auc")
         base = d.metrics.get("baseline", {}).get("auc")
+        window = ",".join(map(str, d.training_spans)) or "-"
         rows.append(f"{str(d.span):>4}  {d.outcome:<12} {_num(auc):>7} {_num(base):>8} "
-                    f"{str(served if served is not None else '-'):>6} "
+                    f"{str(served if served is not None else '-'):>6} {window:<10} "
                     f"{_num(d.seconds, '.1f'):>6}  {_headline_reason(d)[:90]}")
     return "\n".join(rows)
 
@@ -358,8 +499,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"serve": cmd_serve, "predict": cmd_predict, "run": cmd_run, "status": cmd_status, "demo": cmd_demo,
-            "schema-diff": cmd_schema_diff, "kubeflow": cmd_kubeflow}
+COMMANDS = {"serve": cmd_serve, "predict": cmd_predict, "run": cmd_run, "status": cmd_status,
+            "demo": cmd_demo, "schema-diff": cmd_schema_diff, "kubeflow": cmd_kubeflow,
+            "watch": cmd_watch, "quarantine": cmd_quarantine}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -367,11 +509,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from kubeflow.client import KubeflowError
     from pipeline.config import ConfigError
-    from pipeline.spans import BadInput
+    from pipeline.errors import CtpipeError
 
     try:
         return COMMANDS[args.command](args)
-    except (BadInput, ConfigError, KubeflowError) as error:
+    except CtpipeError as error:
+        print(f"ctpipe: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except (ConfigError, KubeflowError) as error:
         print(f"ctpipe: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -11,12 +11,19 @@ import tomllib
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from pipeline.errors import BadInput
+
 REPO_SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "schema.pbtxt"
 
-DIRECT_RUNNER_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+# Beam's DirectRunner defaults (in-memory, one worker) are what a small span wants, so the local
+# runner passes *no* Beam arguments: any non-empty list without --extra_package/--setup_file/
+# --requirements_file/--sdk_container_image makes TFX copy its whole package into a new temp folder
+# and build an sdist for every Beam component (tfx/utils/dependency_utils.py): ~2.6 s and ~52 MB
+# left behind per component, every cycle.
+DIRECT_RUNNER_ARGS: List[str] = []
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """The configuration is unusable (unknown key, wrong type, bad value)."""
 
 
@@ -28,13 +35,25 @@ class PipelineConfig:
     data_root: str = "data/sample"
     home: str = "ctpipe-home"
     schema_path: str = str(REPO_SCHEMA)
-    # Which span: None = the newest span under data_root (ExampleGen's own rule).
+    # Which span this cycle processes (the runner sets it: the oldest pending span).
     span: Optional[int] = None
+    # On a fresh home, the first span to process (default: the newest; older ones are history).
+    from_span: Optional[int] = None
+    # Failed or killed cycles of one span before it is quarantined with the last error.
+    max_attempts: int = 3
+    # Retention: large artifacts of cycles older than the last `keep_cycles` are removed
+    # (their ML Metadata records stay); what the window, drift references, production model
+    # and its warm-start parent need is never removed.
+    keep_cycles: int = 5
     # Splitting of each span (hash buckets train:eval); eval is the Evaluator's data.
     train_buckets: int = 2
     eval_buckets: int = 1
     # Data gate and training window
     window_spans: int = 3
+    # Poisoned labels: the production model's AUC on the new span may fall at most this far
+    # below its AUC on the window's eval data; checked when the span has this many eval rows.
+    label_check_max_drop: float = 0.15
+    label_check_min_rows: int = 50
     # Trainer
     epochs: int = 6
     min_steps: int = 250
@@ -90,7 +109,7 @@ class PipelineConfig:
 
     def validate(self) -> "PipelineConfig":
         positive = ("train_buckets", "eval_buckets", "window_spans", "epochs", "batch_size",
-                    "min_steps", "max_steps",
+                    "min_steps", "max_steps", "max_attempts", "keep_cycles",
                     "min_eval_examples", "trainer_gpus")
         for name in positive:
             if getattr(self, name) < (0 if name == "trainer_gpus" else 1):
@@ -99,8 +118,12 @@ class PipelineConfig:
             raise ConfigError(f"min_auc must be within [0, 1], got {self.min_auc}")
         if self.max_auc_drop < 0:
             raise ConfigError(f"max_auc_drop must be >= 0, got {self.max_auc_drop}")
-        if self.span is not None and self.span < 0:
-            raise ConfigError(f"span must be >= 0, got {self.span}")
+        for name in ("span", "from_span"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.label_check_max_drop <= 1.0:
+            raise ConfigError("label_check_max_drop must be within [0, 1], got "
+                              f"{self.label_check_max_drop}")
         return self
 
     # -- construction ------------------------------------------------------------------------

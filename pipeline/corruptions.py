@@ -54,5 +54,16 @@ def scale_fares(source: str, destination: str, factor: float = 100.0) -> None:
     _rewrite(source, destination, change)
 
 
+def shift_payments(source: str, destination: str, fraction: float = 0.6, seed: int = 0) -> None:
+    """A lasting change upstream (cash trips move to cards, e.g. card-only cabs): every value is
+    valid, but the payment mix drifts past the schema's L-infinity threshold."""
+    def change(rows: Rows) -> None:
+        rng = random.Random(seed)
+        for row in rows:
+            if row["payment_type"] == "Cash" and rng.random() < fraction:
+                row["payment_type"] = "Credit Card"
+    _rewrite(source, destination, change)
+
+
 CORRUPTIONS = {"break_contract": break_contract, "shuffle_labels": shuffle_labels,
-               "scale_fares": scale_fares}
+               "scale_fares": scale_fares, "shift_payments": shift_payments}

@@ -1,8 +1,9 @@
 """`ctpipe demo`: bootstrap on early sample spans, then feed later ones as arrivals.
 
 The arrivals include one span whose contract is broken at run time (the gate blocks it) and one
-whose labels are shuffled (it passes the gate - same label rate - but its model is not blessed),
-then a clean span and a cycle with nothing new. Prints the decision table and the home to serve.
+whose labels are shuffled (same label rate, same features: the production model's score on it
+collapses, so the gate blocks it as poisoned), then a clean span whose window holds neither,
+and a cycle with nothing new. Prints the decision table and the home to serve.
 """
 from __future__ import annotations
 
@@ -39,6 +40,16 @@ def deliver(sample_root: Path, data_root: str, span: int, corruption: Optional[s
         shutil.copyfile(source, os.path.join(target, "data.csv"))
 
 
+def _say_what_the_window_shows(decisions: List[Decision]) -> None:
+    blocked = [d.span for d in decisions if d.outcome == "data_blocked"]
+    trained = [d for d in decisions if d.training_spans]
+    if blocked and trained:
+        last = trained[-1]
+        kept_out = [span for span in blocked if span not in last.training_spans]
+        print(f"span {last.span} trained on spans {', '.join(map(str, last.training_spans))}:"
+              f" quarantined span(s) {', '.join(map(str, kept_out))} never reach a window")
+
+
 def run_demo(config: PipelineConfig, home: Optional[str], sample_root: Optional[str],
              as_json: bool, progress: Callable[[str], None]) -> int:
     home = os.path.abspath(home or tempfile.mkdtemp(prefix="ctpipe-demo-"))
@@ -69,4 +80,5 @@ def run_demo(config: PipelineConfig, home: Optional[str], sample_root: Optional[
         print(f"home: {home}")
         print(f"served models: {config.serving_model_dir}")
         print(f"next: ctpipe status --home {home}")
+        _say_what_the_window_shows(decisions)
     return 0 if all(d.outcome != "failed" for d in decisions) else 1

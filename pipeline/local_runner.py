@@ -1,8 +1,16 @@
-"""One continuous-training cycle on this machine: LocalDagRunner, Beam DirectRunner, SQLite MLMD.
+"""Continuous-training cycles on this machine: LocalDagRunner, Beam DirectRunner, SQLite MLMD.
 
-The runner only picks the span, sets locations and metadata, and runs `create_pipeline(config)`;
-the wiring lives in pipeline/pipeline.py alone. A lock on the home directory keeps two cycles from
-deciding (and pushing) at once.
+The runner picks the span (the oldest pending one, pipeline/cycles.py), records the attempt
+before it starts, runs `create_pipeline(config)` (the wiring lives in pipeline/pipeline.py
+alone), records the decision, then applies the retention policy. Two locks on the home:
+
+  runner lock  held by `ctpipe run` / `ctpipe watch` for their whole life: one runner per home;
+               a second one exits at once (HomeBusy, exit 7);
+  write lock   held while a cycle runs, and by operator commands while they change the ledger,
+               so an operator's change never interleaves with a gate's.
+
+Temp files of a cycle go to <home>/tmp/<cycle> and are removed after it (and at the next start,
+if the cycle was killed), so nothing accumulates in the system temp dir.
 """
 from __future__ import annotations
 
@@ -12,21 +20,22 @@ import fcntl
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional
 
+from pipeline import cycles
 from pipeline.config import PipelineConfig
-from pipeline.outcomes import (NO_NEW_DATA, Decision, decision_for_run, open_store,
-                               pipeline_runs, processed_spans, read_run, record_no_new_data,
-                               sqlite_connection)
-from pipeline.spans import BadInput, check_span, discover_spans
+from pipeline.errors import BadInput, HomeBusy
+from pipeline.outcomes import (FAILED, GAVE_UP, NO_NEW_DATA, Decision, decision_for_run,
+                               open_store, pipeline_runs, read_run, sqlite_connection)
+from pipeline.spans import check_span, discover_spans
 
 Progress = Callable[[str], None]
 _COMPONENT_EVENT = re.compile(r"^Component (\S+) is (running|finished)\.$")
-
-
-class CycleBusy(BadInput):
-    """Another cycle holds this home."""
+RUNNER_LOCK, WRITE_LOCK = ".ctpipe.lock", ".ctpipe.write.lock"
+KILLED_REASON = "the cycle was killed or its runner died before it recorded a decision"
 
 
 class ProgressHandler(logging.Handler):
@@ -59,17 +68,41 @@ class ProgressHandler(logging.Handler):
 
 
 @contextlib.contextmanager
-def home_lock(home: str) -> Iterator[None]:
+def _flock(home: str, name: str, blocking: bool, busy_message: str,
+           wait_seconds: float = 0.0, on_wait: Optional[Progress] = None) -> Iterator[None]:
     os.makedirs(home, exist_ok=True)
-    with open(os.path.join(home, ".ctpipe.lock"), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CycleBusy(f"another ctpipe cycle is running on home {home}")
+    with open(os.path.join(home, name), "w") as handle:
+        deadline = time.monotonic() + wait_seconds
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not blocking or time.monotonic() >= deadline:
+                    raise HomeBusy(busy_message)
+                if on_wait and not told:
+                    on_wait("waiting for the running cycle to finish ...")
+                    told = True
+                time.sleep(0.5)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def runner_lock(home: str) -> contextlib.AbstractContextManager:
+    """One runner (`run` or `watch`) per home."""
+    return _flock(home, RUNNER_LOCK, blocking=False,
+                  busy_message=f"another ctpipe run or watch is running on home {home}")
+
+
+def write_lock(home: str, wait_seconds: float = 0.0,
+               on_wait: Optional[Progress] = None) -> contextlib.AbstractContextManager:
+    """Held while the ledger may change: during a cycle, and by operator commands."""
+    return _flock(home, WRITE_LOCK, blocking=wait_seconds > 0,
+                  busy_message=f"a cycle is still running on home {home}; try again later",
+                  wait_seconds=wait_seconds, on_wait=on_wait)
 
 
 @contextlib.contextmanager
@@ -108,70 +141,239 @@ def captured_logs(log_path: str, progress: Optional[logging.Handler]) -> Iterato
         file_handler.close()
 
 
-def choose_span(config: PipelineConfig, store) -> Tuple[Optional[int], int, str]:
-    """(span to process or None, the span considered, why there is nothing new)."""
-    spans = discover_spans(config.data_root)
-    target = config.span if config.span is not None else max(spans)
-    if target not in spans:
-        raise BadInput(f"span {target} not found under {config.data_root}")
-    done = processed_spans(store, config.pipeline_name)
-    if target in done:
-        return None, target, f"span {target} was already processed (newest span under " \
-                             f"{config.data_root}); waiting for span {max(done) + 1}"
-    if done and target < max(done) and config.span is None:
-        return None, target, f"span {target} is older than the last processed span {max(done)}"
-    return target, target, ""
-
-
-def run_cycle(config: PipelineConfig, progress: Optional[Progress] = None) -> Decision:
-    """Run one cycle: pick the newest unprocessed span, check it, run the pipeline, decide."""
-    from tfx import v1 as tfx
-
-    from pipeline.pipeline import create_pipeline
-
-    config = dataclasses.replace(config, home=os.path.abspath(config.home),
-                                 data_root=os.path.abspath(config.data_root))
-    with home_lock(config.home):
-        started = time.time()
-        connection = sqlite_connection(config.metadata_path)
-        store = open_store(connection)
-        span, considered, why_nothing = choose_span(config, store)
-        if span is None:
-            decision = Decision(NO_NEW_DATA, span=considered, model_version=None,
-                                reasons=[why_nothing], metrics={}, training_spans=[],
-                                finished_at=time.time(), seconds=round(time.time() - started, 1))
-            record_no_new_data(store, decision)
-            return decision
-        rows = check_span(span, os.path.join(config.data_root, f"span-{span}"))
-        if progress:
-            progress(f"[   0.0s] span {span}: {rows} rows, starting the pipeline "
-                     f"(log: {cycle_log_path(config, span)})")
-        known_runs = {c.id for c in pipeline_runs(store, config.pipeline_name)}
-        cycle = dataclasses.replace(config, span=span)
-        handler = ProgressHandler(span, progress) if progress else None
-        error = None
-        with captured_logs(cycle_log_path(config, span), handler):
-            try:
-                tfx.orchestration.LocalDagRunner().run(create_pipeline(
-                    cycle, metadata_connection_config=tfx.orchestration.metadata
-                    .sqlite_metadata_connection_config(config.metadata_path)))
-            except Exception as exc:  # noqa: BLE001 - reported as a FAILED decision below
-                logging.exception("pipeline run failed")
-                error = exc
-        store = open_store(connection)
-        new_runs = [c for c in pipeline_runs(store, config.pipeline_name)
-                    if c.id not in known_runs]
-        if not new_runs:
-            raise RuntimeError(f"the pipeline recorded no run ({error or 'unknown reason'})")
-        decision = decision_for_run(read_run(store, new_runs[-1], config.pipeline_name))
-        if error is not None and decision.outcome != "failed":
-            decision = dataclasses.replace(decision, outcome="failed", model_version=None)
-        if error is not None:
-            decision.reasons.append(f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-                                    if str(error) else type(error).__name__)
-        decision.seconds = round(time.time() - started, 1)
-        return decision
+@contextlib.contextmanager
+def cycle_tempdir(home: str, name: str) -> Iterator[str]:
+    """Point tempfile and child processes at <home>/tmp/<name>; remove it afterwards."""
+    root = os.path.join(home, "tmp")
+    shutil.rmtree(root, ignore_errors=True)  # what a killed cycle left
+    path = os.path.join(root, name)
+    os.makedirs(path)
+    saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = path, path
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def cycle_log_path(config: PipelineConfig, span: int) -> str:
     return os.path.join(config.home, "logs", f"span-{span}.log")
+
+
+def absolute(config: PipelineConfig) -> PipelineConfig:
+    return dataclasses.replace(config, home=os.path.abspath(config.home),
+                               data_root=os.path.abspath(config.data_root))
+
+
+def _last_run_id(store, pipeline: str) -> int:
+    runs = pipeline_runs(store, pipeline)
+    return runs[-1].id if runs else 0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).splitlines()[0][:300] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# -- settling what earlier (dead) runners left -------------------------------------------------
+
+
+def _recover(store, config: PipelineConfig, record: cycles.CycleRecord) -> Decision:
+    """The decision of a cycle whose runner died: its pipeline run's, if that run finished
+    with a final decision (the runner died just before recording it); else a failed attempt."""
+    runs = [run for run in pipeline_runs(store, config.pipeline_name)
+            if run.id > record.runs_before]
+    found = decision_for_run(read_run(store, runs[0], config.pipeline_name)) if runs else None
+    if found is not None and found.outcome.final and found.span == record.span:
+        found.reasons.append("recovered: the runner stopped before recording this decision")
+        found.attempt = record.attempt
+        return found
+    return Decision(FAILED, span=record.span, model_version=None, reasons=[KILLED_REASON],
+                    metrics={}, training_spans=[], finished_at=time.time(),
+                    attempt=record.attempt, run_id=runs[0].name if runs else None)
+
+
+def settle(store, config: PipelineConfig) -> List[Decision]:
+    """Close stale RUNNING cycles, then give up on spans that used all their attempts.
+    Call with the write lock held. Returns the gave_up decisions made."""
+    records = cycles.cycle_records(store, config.pipeline_name)
+    for record in records:
+        if record.running:
+            cycles.finish_cycle(store, record.id, _recover(store, config, record))
+    return give_up_exhausted(store, config)
+
+
+def give_up_exhausted(store, config: PipelineConfig) -> List[Decision]:
+    from pipeline import ledger_store
+
+    plan = cycles.plan_spans([], cycles.cycle_records(store, config.pipeline_name),
+                             cycles.operator_actions(store, config.pipeline_name))
+    decisions = []
+    for span, attempts in sorted(plan.attempts.items()):
+        if span in plan.decided or attempts < config.max_attempts:
+            continue
+        error = plan.last_error.get(span, "unknown error")
+        reason = f"gave up after {attempts} failed attempts; last error: {error}"
+        decision = Decision(GAVE_UP, span=span, model_version=None,
+                            reasons=[f"span {span} quarantined: {reason}"], metrics={},
+                            training_spans=[], finished_at=time.time(), attempt=attempts)
+        action = cycles.record_action(store, config.pipeline_name, "quarantine", span,
+                                      reason, automatic=True)
+        ledger, _ = ledger_store.latest_ledger(store, config.pipeline_name)
+        ledger_store.publish_ledger(store, config.pipeline_name, config.pipeline_root,
+                                    ledger.quarantine(span, [reason], by="attempts"), action.id)
+        cycles.record_decision(store, config.pipeline_name, decision, attempts)
+        decisions.append(decision)
+    return decisions
+
+
+# -- one cycle ---------------------------------------------------------------------------------
+
+
+def _nothing_new(span: Optional[int], why: str, started: float) -> Decision:
+    return Decision(NO_NEW_DATA, span=span, model_version=None, reasons=[why], metrics={},
+                    training_spans=[], finished_at=time.time(),
+                    seconds=round(time.time() - started, 1))
+
+
+def choose_span(config: PipelineConfig, store) -> tuple:
+    """(span to process or None, its attempt number, why there is nothing to do)."""
+    available = discover_spans(config.data_root)
+    plan = cycles.plan_spans(available, cycles.cycle_records(store, config.pipeline_name),
+                             cycles.operator_actions(store, config.pipeline_name),
+                             from_span=config.from_span)
+    if config.span is not None:
+        if config.span not in available:
+            raise BadInput(f"span {config.span} not found under {config.data_root}")
+        if config.span in plan.decided:
+            return None, 0, (f"span {config.span} already has a final decision "
+                             f"({plan.decided[config.span].outcome})")
+        target = config.span
+    elif plan.pending:
+        target = plan.pending[0]
+    else:
+        return None, 0, plan.describe_nothing(max(available))
+    return target, plan.attempts.get(target, 0) + 1, ""
+
+
+def run_cycle(config: PipelineConfig, progress: Optional[Progress] = None,
+              record_nothing_new: bool = True) -> Decision:
+    """One cycle on the oldest pending span (or config.span), holding the runner lock."""
+    config = absolute(config)
+    with runner_lock(config.home):
+        return next_cycle(config, progress, record_nothing_new)
+
+
+def run_all(config: PipelineConfig, progress: Optional[Progress] = None,
+            on_decision: Optional[Callable[[Decision], None]] = None) -> List[Decision]:
+    """Every pending span, oldest first, one cycle each; stops at a failed cycle (its span
+    stays pending, so later spans never overtake it)."""
+    config = absolute(config)
+    decisions: List[Decision] = []
+    with runner_lock(config.home):
+        while True:
+            decision = next_cycle(config, progress, record_nothing_new=not decisions)
+            if decision.outcome == NO_NEW_DATA and decisions:
+                break
+            decisions.append(decision)
+            if on_decision:
+                on_decision(decision)
+            if decision.outcome in (NO_NEW_DATA, FAILED) or config.span is not None:
+                break
+    return decisions
+
+
+def next_cycle(config: PipelineConfig, progress: Optional[Progress] = None,
+               record_nothing_new: bool = True) -> Decision:
+    """Caller holds the runner lock. Settles leftovers, then runs the next pending span."""
+    started = time.time()
+    connection = sqlite_connection(config.metadata_path)
+    with write_lock(config.home, wait_seconds=60.0):
+        store = open_store(connection)
+        gave_up = settle(store, config)
+        if gave_up:
+            return gave_up[0]
+        span, attempt, why_nothing = choose_span(config, store)
+        if span is None:
+            decision = _nothing_new(config.span, why_nothing, started)
+            if record_nothing_new:
+                cycles.record_decision(store, config.pipeline_name, decision)
+            return decision
+        cycle_id = cycles.start_cycle(store, config.pipeline_name, span, attempt,
+                                      _last_run_id(store, config.pipeline_name))
+        try:
+            decision = _run_pipeline(config, store, connection, span, attempt, cycle_id,
+                                     started, progress)
+        except BadInput as error:
+            cycles.finish_cycle(store, cycle_id, Decision(
+                FAILED, span=span, model_version=None, reasons=[str(error)], metrics={},
+                training_spans=[], finished_at=time.time(), attempt=attempt,
+                seconds=round(time.time() - started, 1)))
+            give_up_exhausted(store, config)
+            raise
+        except KeyboardInterrupt:
+            cycles.finish_cycle(store, cycle_id, Decision(
+                FAILED, span=span, model_version=None,
+                reasons=["abandoned: the runner was asked to stop"], metrics={},
+                training_spans=[], finished_at=time.time(), attempt=attempt,
+                checks={"abandoned": True}))
+            raise
+        store = open_store(connection)
+        cycles.finish_cycle(store, cycle_id, decision)
+        if decision.outcome == FAILED:
+            gave_up = give_up_exhausted(store, config)
+            if gave_up:
+                gave_up[0].reasons.insert(0, decision.reasons[-1])
+                return gave_up[0]
+        else:
+            from pipeline.retention import apply_retention
+
+            apply_retention(store, config)
+        return decision
+
+
+def _run_pipeline(config: PipelineConfig, store, connection, span: int, attempt: int,
+                  cycle_id: int, started: float, progress: Optional[Progress]) -> Decision:
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+
+    rows = check_span(span, os.path.join(config.data_root, f"span-{span}"))
+    if progress:
+        retry = f", attempt {attempt}" if attempt > 1 else ""
+        progress(f"[   0.0s] span {span}: {rows} rows{retry}, starting the pipeline "
+                 f"(log: {cycle_log_path(config, span)})")
+    known_runs = {c.id for c in pipeline_runs(store, config.pipeline_name)}
+    cycle = dataclasses.replace(config, span=span)
+    handler = ProgressHandler(span, progress) if progress else None
+    error = None
+    with cycle_tempdir(config.home, f"cycle-{cycle_id}"), \
+            captured_logs(cycle_log_path(config, span), handler):
+        try:
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(
+                cycle, metadata_connection_config=tfx.orchestration.metadata
+                .sqlite_metadata_connection_config(config.metadata_path)))
+        except Exception as exc:  # noqa: BLE001 - reported as a FAILED decision below
+            logging.exception("pipeline run failed")
+            error = exc
+    store = open_store(connection)
+    new_runs = [c for c in pipeline_runs(store, config.pipeline_name) if c.id not in known_runs]
+    if new_runs:
+        decision = decision_for_run(read_run(store, new_runs[-1], config.pipeline_name))
+    else:
+        decision = Decision(FAILED, span=span, model_version=None, metrics={},
+                            training_spans=[], reasons=["the pipeline recorded no run"])
+    decision.span = span
+    if error is not None and decision.outcome != FAILED:
+        decision = dataclasses.replace(decision, outcome=FAILED, model_version=None)
+    if error is not None:
+        decision.reasons.append(_first_line(error))
+    decision.attempt = attempt
+    decision.finished_at = time.time()
+    decision.seconds = round(time.time() - started, 1)
+    return decision

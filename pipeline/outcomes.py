@@ -9,6 +9,7 @@ cycle that runs no pipeline (nothing new) is recorded as an execution of type ct
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from typing import Any, Dict, List, Optional
 
@@ -16,9 +17,38 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 
-PUSHED, DATA_BLOCKED, NOT_BLESSED, NO_NEW_DATA, FAILED = (
-    "pushed", "data_blocked", "not_blessed", "no_new_data", "failed")
-EXIT_CODES = {PUSHED: 0, DATA_BLOCKED: 3, NOT_BLESSED: 4, NO_NEW_DATA: 5, FAILED: 1}
+class Outcome(str, enum.Enum):
+    """What a cycle decided. The first four are final: the span is done with. `failed` leaves
+    the span pending (retried); `no_new_data` concerns no span."""
+
+    PUSHED = "pushed"
+    DATA_BLOCKED = "data_blocked"
+    NOT_BLESSED = "not_blessed"
+    GAVE_UP = "gave_up"
+    NO_NEW_DATA = "no_new_data"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_OUTCOMES
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self]
+
+
+PUSHED, DATA_BLOCKED, NOT_BLESSED, GAVE_UP, NO_NEW_DATA, FAILED = (
+    Outcome.PUSHED, Outcome.DATA_BLOCKED, Outcome.NOT_BLESSED, Outcome.GAVE_UP,
+    Outcome.NO_NEW_DATA, Outcome.FAILED)
+FINAL_OUTCOMES = (PUSHED, DATA_BLOCKED, NOT_BLESSED, GAVE_UP)
+# The process exit code of `ctpipe run` for each outcome (README: "Exit codes").
+EXIT_CODES = {PUSHED: 0, FAILED: 1, DATA_BLOCKED: 3, NOT_BLESSED: 4, NO_NEW_DATA: 5, GAVE_UP: 6}
 NO_NEW_DATA_TYPE = "ctpipe.NoNewData"
 # Resolver nodes "fail" on an empty store (first cycle); that is not a failed cycle.
 NODES_ALLOWED_TO_FAIL = ("PreviousGateState", "LatestBlessedModel")
@@ -26,7 +56,7 @@ NODES_ALLOWED_TO_FAIL = ("PreviousGateState", "LatestBlessedModel")
 
 @dataclasses.dataclass
 class Decision:
-    outcome: str
+    outcome: Outcome
     span: Optional[int]
     model_version: Optional[int]
     reasons: List[str]
@@ -35,13 +65,26 @@ class Decision:
     run_id: Optional[str] = None
     finished_at: Optional[float] = None
     seconds: Optional[float] = None
+    # The gate's numbers: production model on this span vs expected (labels), warm start.
+    checks: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    attempt: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(self.outcome)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.outcome]
+        return self.outcome.exit_code
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["outcome"] = self.outcome.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Decision":
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 def open_store(connection_config) -> mlmd.MetadataStore:
@@ -133,11 +176,12 @@ def decision_for_run(record: RunRecord) -> Decision:
         return Decision(FAILED, model_version=None, metrics={}, training_spans=[],
                         reasons=["the data gate did not run"], **base)
     training_spans = json.loads(_prop(state, "training_spans") or "[]")
+    base["checks"] = json.loads(_prop(state, "checks") or "{}")
     if not _prop(state, "accepted"):
         reasons = json.loads(_prop(state, "reasons") or "[]")
         return Decision(DATA_BLOCKED, model_version=None, metrics={}, training_spans=[],
-                        reasons=[f"span {span} quarantined: it fails the data contract"] + reasons,
-                        **base)
+                        reasons=[f"span {span} quarantined: {_blocked_summary(reasons)}"]
+                        + reasons, **base)
     evaluation = record.outputs.get("Evaluator", {}).get("evaluation")
     blessing = record.outputs.get("Evaluator", {}).get("blessing")
     if evaluation is None or blessing is None:
@@ -157,6 +201,14 @@ def decision_for_run(record: RunRecord) -> Decision:
     version = int(_prop(pushed, "pushed_version"))
     return Decision(PUSHED, model_version=version, metrics=metrics, training_spans=training_spans,
                     reasons=[_blessed_reason(metrics)], **base)
+
+
+def _blocked_summary(reasons: List[str]) -> str:
+    if any("labels disagree" in reason for reason in reasons):
+        return "its labels disagree with the production model"
+    if all(": drift vs span" in reason for reason in reasons):
+        return "it drifted from the accepted data"
+    return "it fails the data contract"
 
 
 def _blessed_reason(metrics: Dict[str, Dict[str, float]]) -> str:

@@ -9,10 +9,12 @@ import os
 from typing import List, Optional
 
 from tfx import v1 as tfx
+from tfx.components import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2, range_config_pb2
 
 from components.atomic_pusher import AtomicPusherExecutor
+from components.csv_ingest import SpreadsheetCsvExecutor
 from components.data_gate import DataGate, GateState
 from components.evaluation import build_eval_config
 from pipeline.config import PipelineConfig
@@ -21,19 +23,22 @@ SPAN_PATTERN = "span-{SPAN}/*"
 TRAINER_RUN_FN = "components.trainer.run_fn"
 
 
-def _example_gen(config: PipelineConfig, data_root) -> tfx.components.CsvExampleGen:
+def _example_gen(config: PipelineConfig, data_root) -> FileBasedExampleGen:
+    """CsvExampleGen with our executor (components/csv_ingest.py: spreadsheet exports)."""
     range_config = None
     if config.span is not None:
         range_config = range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
             start_span_number=config.span, end_span_number=config.span))
-    return tfx.components.CsvExampleGen(
+    return FileBasedExampleGen(
         input_base=data_root,
         input_config=example_gen_pb2.Input(splits=[
             example_gen_pb2.Input.Split(name="single_split", pattern=SPAN_PATTERN)]),
         output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
             example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=config.train_buckets),
             example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=config.eval_buckets)])),
-        range_config=range_config)
+        range_config=range_config,
+        custom_executor_spec=executor_spec.BeamExecutorSpec(SpreadsheetCsvExecutor),
+    ).with_id("CsvExampleGen")
 
 
 def create_components(config: PipelineConfig, data_root=None,
@@ -50,18 +55,21 @@ def create_components(config: PipelineConfig, data_root=None,
     previous_gate_state = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
         state=tfx.dsl.Channel(type=GateState)).with_id("PreviousGateState")
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModel")
     gate = DataGate(
         examples=example_gen.outputs["examples"],
         statistics=statistics_gen.outputs["statistics"],
         schema=curated_schema.outputs["schema"],
         anomalies=example_validator.outputs["anomalies"],
         previous_state=previous_gate_state.outputs["state"],
-        window_spans=config.window_spans)
-    latest_blessed_model = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("LatestBlessedModel")
+        production_model=latest_blessed_model.outputs["model"],
+        window_spans=config.window_spans,
+        label_check_max_drop=config.label_check_max_drop,
+        label_check_min_rows=config.label_check_min_rows)
 
     with tfx.dsl.Cond(gate.outputs["state"].future()[0].custom_property("accepted") == 1):
         trainer = tfx.components.Trainer(
@@ -88,7 +96,7 @@ def create_components(config: PipelineConfig, data_root=None,
             custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor))
 
     return [example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
-            previous_gate_state, gate, latest_blessed_model, trainer, evaluator, pusher]
+            previous_gate_state, latest_blessed_model, gate, trainer, evaluator, pusher]
 
 
 def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = None,

@@ -13,12 +13,10 @@ import re
 from typing import Dict, List
 
 from components import features as F
+from pipeline.errors import BadInput
 
+__all__ = ["BadInput", "check_span", "discover_spans", "span_files"]
 SPAN_DIR = re.compile(r"^span-(\d+)$")
-
-
-class BadInput(Exception):
-    """Input the pipeline cannot even read; maps to exit code 2."""
 
 
 def discover_spans(data_root: str) -> Dict[int, str]:
@@ -63,28 +61,48 @@ def check_span(span: int, span_dir: str) -> int:
 
 def _check_csv(span: int, path: str) -> int:
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        open_quote = _unclosed_quote_line(path)
+        if open_quote:
+            raise BadInput(f"span {span}: {path} line {open_quote} opens a quoted field that "
+                           "is never closed (unbalanced quotes)")
+        # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column name;
+        # newline="" lets the csv module take CRLF line ends and quoted multi-line fields.
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
                 raise BadInput(f"span {span}: {path} is empty (no header)")
-            _check_header(span, path, header)
+            _check_header(span, path, [name.strip() for name in header])
             rows = 0
-            for line_number, row in enumerate(reader, start=2):
+            for row in reader:
                 if not row:
                     continue
                 if len(row) != len(header):
-                    raise BadInput(f"span {span}: {path} line {line_number} has {len(row)} "
+                    raise BadInput(f"span {span}: {path} line {reader.line_num} has {len(row)} "
                                    f"fields, expected {len(header)} (malformed CSV)")
                 rows += 1
-            return rows
+        return rows
     except PermissionError:
         raise BadInput(f"span {span}: {path} is not readable (permission denied)")
     except UnicodeDecodeError as error:
         raise BadInput(f"span {span}: {path} is not UTF-8 text ({error.reason} at byte "
                        f"{error.start})")
     except csv.Error as error:
-        raise BadInput(f"span {span}: {path} is not valid CSV ({error})")
+        raise BadInput(f"span {span}: {path} is not valid CSV: {error} "
+                       f"(near line {reader.line_num})")
+
+
+def _unclosed_quote_line(path: str) -> int:
+    """The line where a quoted field opens and never closes (ExampleGen would read the rest of
+    the file as one field), or 0. Same rule as TFX's reader: an odd running count of quotes."""
+    opened_at, quotes = 0, 0
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            before = quotes % 2
+            quotes += line.count('"')
+            if before == 0 and quotes % 2 == 1:
+                opened_at = number
+    return opened_at if quotes % 2 else 0
 
 
 def _check_header(span: int, path: str, header: List[str]) -> None:

@@ -1,4 +1,5 @@
-"""End-to-end: the real pipeline on sample spans (one shared run, see conftest.SCENARIO)."""
+"""End-to-end basics of a cycle, read from the shared long run (tests/scenario.py): what a
+push leaves on disk and in ML Metadata, and the CLI's view of it."""
 from __future__ import annotations
 
 import json
@@ -6,88 +7,78 @@ import os
 
 import pytest
 
-from tests.conftest import ctpipe
+from tests.support import ctpipe
 
 pytestmark = pytest.mark.e2e
 
 
 def _versions(listing):
-    return [name for name in listing if name.isdigit()]
+    return sorted(int(name) for name in listing if name.isdigit())
 
 
-def test_first_cycle_pushes_version_1(scenario):
-    decision = scenario.decisions["first"]
+def test_first_cycle_pushes_version_1(long_run):
+    decision = long_run.steps["span1"]["decision"]
     assert decision.outcome == "pushed", decision.reasons
     assert decision.model_version == 1
     assert decision.training_spans == [1]
     assert decision.metrics["candidate"]["auc"] >= 0.70
-    version_dir = scenario.home / "serving" / "big_tipper" / "1"
+    assert decision.checks["warm_start"]["uri"] is None
+    version_dir = long_run.home / "serving" / "big_tipper" / "1"
     assert (version_dir / "saved_model.pb").is_file()
     assert (version_dir / "variables" / "variables.index").is_file()
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
 
 
-def test_contract_violation_is_blocked_and_changes_nothing(scenario):
-    decision = scenario.decisions["broken_contract"]
-    assert decision.outcome == "data_blocked"
-    assert decision.exit_code == 3
-    text = " ".join(decision.reasons)
+def test_contract_violation_is_blocked_and_changes_nothing(long_run):
+    blocked = {d["span"]: d for d in long_run.steps["backlog"]["decisions"]}[5]
+    assert blocked["outcome"] == "data_blocked"
+    text = " ".join(blocked["reasons"])
     assert "payment_type" in text and "fare" in text
-    assert _versions(scenario.served_after["broken_contract"]) == ["1"]
+    assert "fails the data contract" in blocked["reasons"][0]
 
 
-def test_quarantined_span_never_enters_the_window(scenario):
-    decision = scenario.decisions["clean_after_block"]
-    assert decision.training_spans == [1, 3]
-    assert decision.outcome == "pushed", decision.reasons
-    assert decision.metrics["baseline"]["auc"] > 0  # compared with the served model
-
-
-def test_shuffled_labels_are_not_pushed(scenario):
-    decision = scenario.decisions["shuffled_labels"]
-    assert decision.outcome == "not_blessed"
-    assert decision.exit_code == 4
-    assert any("auc" in reason for reason in decision.reasons), decision.reasons
-    assert decision.metrics["candidate"]["auc"] < 0.70
-    assert _versions(scenario.served_after["shuffled_labels"]) == \
-        _versions(scenario.served_after["clean_after_block"])
-
-
-def test_nothing_new_exits_5_with_json(scenario):
-    result = ctpipe("run", "--data-root", str(scenario.data_root), "--home", str(scenario.home),
-                    "--json")
+def test_nothing_new_exits_5_with_json(long_run):
+    result = ctpipe("run", *long_run.args("--json"))
     assert result.returncode == 5, result.stderr
     decision = json.loads(result.stdout)
     assert decision["outcome"] == "no_new_data"
-    assert decision["span"] == 4
+    assert "waiting for span 19" in decision["reasons"][0]
     assert set(decision) >= {"outcome", "span", "model_version", "reasons", "metrics",
                              "training_spans"}
 
 
-def test_status_history_comes_from_mlmd(scenario):
-    result = ctpipe("status", "--home", str(scenario.home), "--json")
+def test_status_history_comes_from_mlmd(long_run):
+    result = ctpipe("status", "--home", str(long_run.home), "--json", "--data-root",
+                    str(long_run.data_root))
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    outcomes = [entry["outcome"] for entry in status["history"]]
-    assert outcomes[:4] == ["pushed", "data_blocked", "pushed", "not_blessed"]
-    assert status["serving_version"] == 2
+    spans = [entry["span"] for entry in status["history"] if entry["outcome"] != "no_new_data"]
+    assert spans[:2] == [1, 2]
+    pushed = [e["model_version"] for e in status["history"] if e["outcome"] == "pushed"]
+    assert status["serving_version"] == pushed[-1]
     assert status["model_base_path"].endswith(os.path.join("serving", "big_tipper"))
-    human = ctpipe("status", "--home", str(scenario.home))
-    assert "data_blocked" in human.stdout and "serving version: 2" in human.stdout
+    assert status["pending_spans"] == []
+    assert set(status["quarantined_spans"]) >= {5, 6, 9, 12}
+    assert [a["action"] for a in status["operator_actions"]][:1] == ["release"]
+    human = ctpipe("status", "--home", str(long_run.home))
+    assert "data_blocked" in human.stdout
+    assert f"serving version: {pushed[-1]}" in human.stdout
+    assert "operator: release span 8" in human.stdout
 
 
-def test_served_model_signatures_agree(scenario):
+def test_served_model_signatures_agree(long_run):
     import numpy as np
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
     from components import trainer
 
-    version_dir = scenario.home / "serving" / "big_tipper" / "2"
+    base = long_run.home / "serving" / "big_tipper"
+    version_dir = base / str(_versions(os.listdir(base))[-1])
     loaded = tf.saved_model.load(str(version_dir))
     assert set(loaded.signatures) == {"serving_default", "serving_raw", "classification"}
     records = tf.data.TFRecordDataset(
-        tf.io.gfile.glob(str(scenario.home / "pipeline_root" /
+        tf.io.gfile.glob(str(long_run.home / "pipeline_root" /
                              "CsvExampleGen" / "examples" / "*" / "Split-eval" / "*")),
         compression_type="GZIP").take(16)
     serialized = tf.constant([r.numpy() for r in records])
@@ -104,11 +95,11 @@ def test_served_model_signatures_agree(scenario):
         "tensorflow/serving/classify"
 
 
-def test_warmup_file_holds_predict_requests(scenario):
+def test_warmup_file_holds_predict_requests(long_run):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    path = scenario.home / "serving" / "big_tipper" / "1" / "assets.extra" / \
+    path = long_run.home / "serving" / "big_tipper" / "1" / "assets.extra" / \
         "tf_serving_warmup_requests"
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(str(path))]

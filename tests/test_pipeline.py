@@ -7,7 +7,7 @@ from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
 EXPECTED_ORDER = ["CsvExampleGen", "StatisticsGen", "SchemaGen", "CuratedSchema",
-                  "ExampleValidator", "PreviousGateState", "DataGate", "LatestBlessedModel",
+                  "ExampleValidator", "PreviousGateState", "LatestBlessedModel", "DataGate",
                   "Trainer", "Evaluator", "Pusher"]
 GATED = {"Trainer", "Evaluator", "Pusher"}
 

@@ -37,8 +37,8 @@ def _wait(predicate, seconds=30.0):
 
 
 @pytest.fixture()
-def versions(scenario):
-    return scenario.home / "serving" / MODEL
+def versions(long_run):
+    return long_run.home / "serving" / MODEL
 
 
 def test_new_push_swaps_in_without_failed_requests(versions, tmp_path):
@@ -113,8 +113,8 @@ def test_policy_and_labels_from_a_model_config_file(versions, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(scenario):
-    running = start_server(model_config.single_model(MODEL, str(scenario.home / "serving" / MODEL)),
+def server(long_run):
+    running = start_server(model_config.single_model(MODEL, str(long_run.home / "serving" / MODEL)),
                            grpc_port=0, rest_port=0, max_request_bytes=64 * 1024)
     yield running
     running.stop()

@@ -32,7 +32,7 @@ EXAMPLES = [{k: (int(v) if k == "trip_seconds" else v) for k, v in row.items()
 
 
 @pytest.fixture(scope="module")
-def endpoints(scenario):
+def endpoints(long_run):
     grpc_address = os.environ.get("CTPIPE_TFSERVING_GRPC")
     rest_url = os.environ.get("CTPIPE_TFSERVING_REST")
     if grpc_address and rest_url:
@@ -41,9 +41,10 @@ def endpoints(scenario):
     from serving.model_config import single_model
     from serving.server import start_server
 
-    base = scenario.home / "serving" / MODEL
+    base = long_run.home / "serving" / MODEL
     server = start_server(single_model(MODEL, str(base)), grpc_port=0, rest_port=0)
-    yield server.grpc_address, server.rest_url, str(base / "2")
+    latest = max(int(name) for name in os.listdir(base) if name.isdigit())
+    yield server.grpc_address, server.rest_url, str(base / str(latest))
     server.stop()
 
 

@@ -1,0 +1,109 @@
+"""Operator overrides of the ledger: quarantine a span found bad after the fact, release one
+(a lasting change accepted, or a false alarm), list what is quarantined and why.
+
+Each action is an ML Metadata execution (who, when, why: pipeline/cycles.py) whose output is
+the changed ledger, published so the next cycle's gate starts from it (pipeline/ledger_store.py).
+Actions wait for a running cycle to finish (the home's write lock), so they never interleave
+with a gate.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from pipeline import cycles, ledger_store
+from pipeline.config import PipelineConfig
+from pipeline.errors import BadInput
+from pipeline.local_runner import absolute, write_lock
+from pipeline.outcomes import DATA_BLOCKED, Decision, open_store, sqlite_connection
+
+LOCK_WAIT_SECONDS = 1800.0
+
+
+def _store(config: PipelineConfig):
+    import os
+
+    if not os.path.exists(config.metadata_path):
+        raise BadInput(f"no pipeline home at {config.home} (no metadata.sqlite)")
+    return open_store(sqlite_connection(config.metadata_path))
+
+
+def quarantine_list(config: PipelineConfig) -> List[Dict[str, Any]]:
+    config = absolute(config)
+    store = _store(config)
+    ledger, _ = ledger_store.latest_ledger(store, config.pipeline_name)
+    actions = cycles.operator_actions(store, config.pipeline_name)
+    listed = []
+    for entry in ledger.quarantined:
+        last = [a for a in actions if a.span == entry["span"] and a.action == "quarantine"]
+        listed.append({"span": entry["span"], "by": entry.get("by", "gate"),
+                       "reasons": entry.get("reasons", []),
+                       "at": last[-1].at if last else None,
+                       "user": last[-1].user if last else None,
+                       "releasable": "examples_uri" in entry or entry.get("by") == "attempts"})
+    return listed
+
+
+def _models_trained_on(store, span: int) -> List[str]:
+    """Every live Model artifact whose lineage (written by the trainer) names `span`."""
+    from components.data_gate import model_training_spans
+
+    try:
+        models = store.get_artifacts_by_type("Model")
+    except Exception:  # noqa: BLE001 - no model yet
+        return []
+    return [model.uri for model in models if span in model_training_spans(model.uri)]
+
+
+def quarantine_add(config: PipelineConfig, span: int, reason: str,
+                   progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    config = absolute(config)
+    if not reason.strip():
+        raise BadInput("--reason must say why (it is recorded with the action)")
+    with write_lock(config.home, LOCK_WAIT_SECONDS, progress):
+        store = _store(config)
+        ledger, _ = ledger_store.latest_ledger(store, config.pipeline_name)
+        if span in ledger.quarantined_spans():
+            raise BadInput(f"span {span} is already quarantined")
+        was_accepted = span in ledger.accepted_spans()
+        plan = cycles.plan_spans([], cycles.cycle_records(store, config.pipeline_name),
+                                 cycles.operator_actions(store, config.pipeline_name))
+        action = cycles.record_action(store, config.pipeline_name, "quarantine", span, reason)
+        ledger_store.publish_ledger(
+            store, config.pipeline_name, config.pipeline_root,
+            ledger.quarantine(span, [f"quarantined by operator: {reason}"], by="operator"),
+            action.id)
+        decided = span in plan.decided
+        if not decided:
+            cycles.record_decision(store, config.pipeline_name, Decision(
+                DATA_BLOCKED, span=span, model_version=None,
+                reasons=[f"span {span} quarantined by operator before it was processed: "
+                         f"{reason}"], metrics={}, training_spans=[], finished_at=time.time()))
+    return {"action": "quarantine", "span": span, "reason": reason, "user": action.user,
+            "at": action.at, "was_accepted": was_accepted,
+            "no_longer_warm_start_sources": _models_trained_on(store, span),
+            "decision_recorded": not decided}
+
+
+def quarantine_release(config: PipelineConfig, span: int, reason: str,
+                       progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    config = absolute(config)
+    if not reason.strip():
+        raise BadInput("--reason must say why (it is recorded with the action)")
+    with write_lock(config.home, LOCK_WAIT_SECONDS, progress):
+        store = _store(config)
+        ledger, _ = ledger_store.latest_ledger(store, config.pipeline_name)
+        entry = ledger.entry(span)
+        if span not in ledger.quarantined_spans():
+            raise BadInput(f"span {span} is not quarantined "
+                           f"(quarantined: {ledger.quarantined_spans() or 'none'})")
+        released = ledger.release(span, reason)
+        reopened = "examples_uri" not in entry
+        action = cycles.record_action(store, config.pipeline_name, "release", span, reason,
+                                      reopened=reopened)
+        ledger_store.publish_ledger(store, config.pipeline_name, config.pipeline_root,
+                                    released, action.id)
+    return {"action": "release", "span": span, "reason": reason, "user": action.user,
+            "at": action.at, "reopened": reopened,
+            "drift_baseline": released.drift_anchor == span,
+            "accepted_spans": released.accepted_spans()}

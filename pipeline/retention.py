@@ -1,0 +1,103 @@
+"""Retention for pipeline_root: keep disk bounded over thousands of cycles.
+
+The artifacts (examples, statistics, models, training logs, evaluations, anomalies, schemas) of runs
+older than the last `keep_cycles` are removed from disk; their ML Metadata records stay, marked
+DELETED so no resolver hands them out again. Never removed, whatever their age:
+  - the examples and statistics of the accepted spans the next cycles read (training window,
+    drift baseline and long reference, label-check reference: the last `window_spans + 1`
+    accepted spans) and of quarantined spans (a release turns them back into training data);
+  - the production model (newest blessed) and its warm-start parent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Iterable, List, Set
+
+from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+
+from components.layout import LINEAGE_FILE
+from pipeline.config import PipelineConfig
+from pipeline.outcomes import pipeline_runs
+
+# Artifact types removed from old runs. Kept: ledgers (Dataset), blessings, pushed-model records.
+LARGE_TYPES = ("Examples", "ExampleStatistics", "Model", "ModelRun", "ModelEvaluation",
+               "ExampleAnomalies", "Schema")
+
+
+def production_model(store) -> "mlmd_pb2.Artifact | None":
+    """The newest Model with a positive blessing (what LatestBlessedModel resolves)."""
+    try:
+        blessings = store.get_artifacts_by_type("ModelBlessing")
+    except Exception:  # noqa: BLE001 - no blessing type before the first evaluation
+        return None
+    blessed = [b for b in blessings if b.custom_properties["blessed"].int_value == 1
+               and "current_model_id" in b.custom_properties]
+    for blessing in sorted(blessed, key=lambda b: b.id, reverse=True):
+        [model] = store.get_artifacts_by_id(
+            [blessing.custom_properties["current_model_id"].int_value])
+        if model.state == mlmd_pb2.Artifact.LIVE:
+            return model
+    return None
+
+
+def _warm_start_parent(model_uri: str) -> str:
+    import json
+
+    path = os.path.join(model_uri, LINEAGE_FILE)
+    if not os.path.exists(path):
+        return ""
+    with open(path) as handle:
+        return json.load(handle).get("warm_start_uri") or ""
+
+
+def protected_uris(store, config: PipelineConfig) -> Set[str]:
+    from pipeline.ledger_store import latest_ledger
+
+    ledger, _ = latest_ledger(store, config.pipeline_name)
+    keep: Set[str] = set()
+    for entry in ledger.accepted[-(config.window_spans + 1):] + ledger.quarantined:
+        keep.update(entry.get(key) for key in ("examples_uri", "statistics_uri"))
+    model = production_model(store)
+    if model is not None:
+        keep.add(model.uri)
+        keep.add(_warm_start_parent(model.uri))
+    return {uri for uri in keep if uri}
+
+
+def _output_artifacts(store, run_ids: Iterable[int]) -> List[mlmd_pb2.Artifact]:
+    execution_ids = [e.id for run_id in run_ids for e in store.get_executions_by_context(run_id)]
+    events = store.get_events_by_execution_ids(execution_ids)
+    artifact_ids = sorted({e.artifact_id for e in events if e.type == mlmd_pb2.Event.OUTPUT})
+    return store.get_artifacts_by_id(artifact_ids) if artifact_ids else []
+
+
+def apply_retention(store, config: PipelineConfig) -> List[str]:
+    """Remove what the policy allows; returns the removed URIs."""
+    runs = pipeline_runs(store, config.pipeline_name)
+    old = runs[:-config.keep_cycles] if len(runs) > config.keep_cycles else []
+    if not old:
+        return []
+    type_names = {}
+    for name in LARGE_TYPES:
+        try:
+            type_names[store.get_artifact_type(name).id] = name
+        except Exception:  # noqa: BLE001 - type not registered yet
+            continue
+    keep = protected_uris(store, config)
+    removed, changed = [], []
+    root = os.path.abspath(config.pipeline_root)
+    for artifact in _output_artifacts(store, [run.id for run in old]):
+        if artifact.type_id not in type_names or artifact.state == mlmd_pb2.Artifact.DELETED:
+            continue
+        if artifact.uri in keep or not os.path.abspath(artifact.uri).startswith(root):
+            continue
+        shutil.rmtree(artifact.uri, ignore_errors=True)
+        artifact.state = mlmd_pb2.Artifact.DELETED
+        changed.append(artifact)
+        removed.append(artifact.uri)
+    if changed:
+        store.put_artifacts(changed)
+        logging.info("retention: removed %d artifacts of %d old runs", len(changed), len(old))
+    return removed

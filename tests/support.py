@@ -1,0 +1,160 @@
+"""Helpers for the tests: the real CLI in a subprocess, span delivery, and the invariants every
+cycle must keep (checked after each step of the long-run scenario)."""
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Set
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"
+
+
+def ctpipe_command(*args: str) -> List[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def ctpipe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real command line in a fresh interpreter (exit codes and output as users see)."""
+    return subprocess.run(ctpipe_command(*args), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def deliver(data_root: Path, sample_span: int, as_span: int, corruption: str = "") -> None:
+    """A span arrives: a copy of a sample span, optionally corrupted on the way."""
+    from pipeline import corruptions
+
+    target = Path(data_root) / f"span-{as_span}"
+    target.mkdir(parents=True, exist_ok=True)
+    source = SAMPLE / f"span-{sample_span}" / "data.csv"
+    if corruption:
+        corruptions.CORRUPTIONS[corruption](str(source), str(target / "data.csv"))
+    else:
+        shutil.copyfile(source, target / "data.csv")
+
+
+def temp_entries() -> Set[str]:
+    """What sits in the system temp dir, less pytest's own folders."""
+    root = tempfile.gettempdir()
+    return {name for name in os.listdir(root) if not name.startswith("pytest-of-")}
+
+
+def directory_bytes(path: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(directory, name)
+            if not os.path.islink(full):
+                total += os.path.getsize(full)
+    return total
+
+
+class Invariants:
+    """The invariants of README "Continuity", checked against ML Metadata and the served files.
+    `loaded` remembers versions already proven loadable (each is loaded once)."""
+
+    def __init__(self, home: Path, model_name: str = "big_tipper"):
+        self.home = Path(home)
+        self.base = self.home / "serving" / model_name
+        self.loaded: Set[int] = set()
+        self.max_version_seen = 0
+
+    def check(self) -> List[str]:
+        from pipeline import cycles, ledger_store
+        from pipeline.outcomes import open_store, sqlite_connection
+
+        store = open_store(sqlite_connection(str(self.home / "metadata.sqlite")))
+        records = cycles.cycle_records(store, "ctpipe")
+        decisions = [r.decision for r in records if r.decision is not None]
+        ledger, _ = ledger_store.latest_ledger(store, "ctpipe")
+        actions = cycles.operator_actions(store, "ctpipe")
+        problems = self._one_final_decision(decisions)
+        problems += self._no_quarantined_span_in_windows(decisions, ledger, actions)
+        problems += self._versions_grow_and_load(decisions)
+        return problems
+
+    @staticmethod
+    def _one_final_decision(decisions) -> List[str]:
+        finals = collections.Counter(d.span for d in decisions if d.outcome.final)
+        return [f"span {span} has {count} final decisions" for span, count in finals.items()
+                if count != 1]
+
+    @staticmethod
+    def _no_quarantined_span_in_windows(decisions, ledger, actions) -> List[str]:
+        """A span quarantined now must not be in the window of any decision made after it was
+        quarantined (its own blocking decision, or the operator's action)."""
+        problems = []
+        for span in ledger.quarantined_spans():
+            since = [d.finished_at for d in decisions
+                     if d.span == span and d.outcome.final and d.outcome != "pushed"
+                     and d.outcome != "not_blessed"]
+            since += [a.at for a in actions if a.span == span and a.action == "quarantine"]
+            start = min(since) if since else 0.0
+            for decision in decisions:
+                if (decision.finished_at or 0) > start and span in decision.training_spans:
+                    problems.append(f"quarantined span {span} is in the window of the decision "
+                                    f"on span {decision.span}")
+        return problems
+
+    def _versions_grow_and_load(self, decisions) -> List[str]:
+        import tensorflow as tf
+
+        problems = []
+        pushed = [d.model_version for d in decisions if d.outcome == "pushed"]
+        if pushed != sorted(set(pushed)):
+            problems.append(f"pushed versions do not strictly grow: {pushed}")
+        on_disk = sorted(int(name) for name in os.listdir(self.base)
+                         if name.isdigit()) if self.base.exists() else []
+        if on_disk and on_disk[-1] < self.max_version_seen:
+            problems.append(f"highest version fell from {self.max_version_seen} to {on_disk[-1]}")
+        self.max_version_seen = max([self.max_version_seen, *on_disk])
+        if set(pushed) - set(on_disk):
+            problems.append(f"pushed versions missing on disk: {sorted(set(pushed) - set(on_disk))}")
+        leftovers = [n for n in os.listdir(self.base) if n.startswith(".incoming")] \
+            if self.base.exists() else []
+        if leftovers:
+            problems.append(f"half-written versions left: {leftovers}")
+        for version in on_disk:
+            if version in self.loaded:
+                continue
+            try:
+                loaded = tf.saved_model.load(str(self.base / str(version)))
+                assert "serving_default" in loaded.signatures
+                self.loaded.add(version)
+            except Exception as error:  # noqa: BLE001 - reported as a broken invariant
+                problems.append(f"served version {version} does not load: {error}")
+        return problems
+
+
+def wait_for_line(stream, needle: str, timeout: float, seen: Optional[List[str]] = None) -> bool:
+    """Read lines from a subprocess pipe until one contains `needle` (True) or EOF/timeout."""
+    import selectors
+    import time
+
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not selector.select(timeout=1.0):
+            continue
+        line = stream.readline()
+        if not line:
+            return False
+        if seen is not None:
+            seen.append(line)
+        if needle in line:
+            return True
+    return False
+
+
+def spans_of(decisions: Iterable) -> List[Optional[int]]:
+    return [d.span for d in decisions]
+
+
+def as_dict(decisions: Iterable) -> Dict[int, object]:
+    return {d.span: d for d in decisions}
