@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctpipe-installed
 
-.PHONY: demo test venv schema-diff benchmark kubeflow-compile kubeflow-image clean
+.PHONY: demo test venv lint wheel-check schema-diff benchmark kubeflow-compile kubeflow-image clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --ignore-requires-python -c constraints.txt \
-	    "tfx[kfp]==1.16.0" tensorflow-serving-api==2.16.1 kubernetes-validate==1.37.0 pytest
+	    "tfx[kfp]==1.16.0" tensorflow-serving-api==2.16.1 kubernetes-validate==1.37.0 pytest \
+	    ruff==0.17.6
 	$(PY) -m pip install -q --ignore-requires-python --no-deps -e .
 	@touch $(STAMP)
 
@@ -21,11 +22,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Build the wheel, install it into a fresh venv that reuses .venv's pinned stack through a .pth
+# file, and run the CLI from outside the checkout: what the Kubeflow image does.
+wheel-check: $(STAMP)
+	bash .ci/wheel-check $(PY)
+
 schema-diff: $(STAMP)
 	$(VENV)/bin/ctpipe schema-diff --data-root data/sample
 
 benchmark: $(STAMP)
-	$(PY) -m pipeline.benchmark
+	$(PY) -m ctpipe.pipeline.benchmark
 
 KFP_SPEC ?= kubeflow/out/ctpipe_pipeline.json
 IMAGE ?= ghcr.io/example/ctpipe:0.1.0

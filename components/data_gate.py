@@ -34,8 +34,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental.simple_artifacts import Dataset
 
-from components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
-from components.ledger import LEDGER_FILE, Ledger, choose_warm_start
+from ctpipe.components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
+from ctpipe.components.ledger import LEDGER_FILE, Ledger, choose_warm_start
 
 # The ledger's artifact type. Kubeflow V2 resolves artifacts by type title and titles every custom
 # type 'tfx.Artifact', so the ledger uses a standard type that nothing else in this pipeline makes.
@@ -203,7 +203,7 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
 ) -> None:
     import tensorflow_data_validation as tfdv
 
-    from components.label_check import check_labels
+    from ctpipe.components.label_check import check_labels
 
     span = span_of(examples)
     previous = read_ledger(previous_state.uri if previous_state else None).without(span)

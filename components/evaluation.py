@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow_model_analysis as tfma
 
-from components import features as F
+from ctpipe.components import features as F
 
 CANDIDATE = "candidate"
 BASELINE = "baseline"

@@ -15,7 +15,7 @@ from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from components import features as F
+from ctpipe.components import features as F
 
 EVAL_SPLIT = "Split-eval"
 SERVING_DIR = "Format-Serving"

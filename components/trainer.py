@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from components import features as F
-from components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
+from ctpipe.components import features as F
+from ctpipe.components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
 
 PREPROCESSING_FILE = "preprocessing.json"
 WEIGHTS_PREFIX = "weights"

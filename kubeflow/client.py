@@ -12,9 +12,10 @@ import json
 import sys
 from typing import Any, Dict, Optional
 
+from ctpipe.pipeline.errors import KubeflowError
 
-class KubeflowError(Exception):
-    """A Kubeflow Pipelines operation could not be done; one line for the user."""
+__all__ = ["KubeflowError", "connect", "normalise_cron", "schedule", "spec_version_name",
+           "upload"]
 
 
 def normalise_cron(expression: str) -> str:

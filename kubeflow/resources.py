@@ -10,7 +10,7 @@ from typing import Dict
 
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline.config import PipelineConfig
+from ctpipe.pipeline.config import PipelineConfig
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 # CsvExampleGen is absent on purpose: TFX 1.16's V2 builder gives the file-based ExampleGen its

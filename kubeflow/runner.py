@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Dict
 
-from pipeline.config import PipelineConfig
+from ctpipe.pipeline.config import PipelineConfig
 
 DATA_ROOT_PARAMETER = "data-root"
 
@@ -19,8 +19,8 @@ DATA_ROOT_PARAMETER = "data-root"
 def build_kubeflow_pipeline(config: PipelineConfig):
     from tfx.orchestration import data_types
 
-    from kubeflow.resources import apply_resources
-    from pipeline.pipeline import create_pipeline
+    from ctpipe.kubeflow.resources import apply_resources
+    from ctpipe.pipeline.pipeline import create_pipeline
 
     data_root = data_types.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str,
                                             default=config.kfp_data_root)

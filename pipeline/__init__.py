@@ -1,1 +1,3 @@
-"""ctpipe: a TFX continuous-training pipeline (local Beam runner and Kubeflow from one create_pipeline)."""
+"""ctpipe.pipeline: config, create_pipeline, the local runner and its bookkeeping, the CLI.
+
+One create_pipeline for the local Beam runner and Kubeflow."""

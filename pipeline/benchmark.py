@@ -1,6 +1,6 @@
 """Benchmark: cycle times, per-component times (from ML Metadata) and peak memory.
 
-Usage: python -m pipeline.benchmark [--spans 1 2 3] [--home DIR]
+Usage: python -m ctpipe.pipeline.benchmark [--spans 1 2 3] [--home DIR]
 Runs one cycle per span in a fresh home, in one process (as `ctpipe demo` does), and prints
 figures; it asserts nothing - speed goals are read here, not enforced by tests.
 """
@@ -23,15 +23,15 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--home", help="home to use (default: a new temporary folder)")
     args = parser.parse_args(argv)
 
-    from pipeline.cli import quiet_libraries
+    from ctpipe.pipeline.cli import quiet_libraries
 
     quiet_libraries()
     started = time.time()
-    from pipeline import outcomes
-    from pipeline.config import PipelineConfig
-    from pipeline.demo import REPO_SAMPLE
-    from pipeline.local_runner import run_cycle
-    from pipeline.spans import check_span
+    from ctpipe.pipeline import outcomes
+    from ctpipe.pipeline.config import PipelineConfig
+    from ctpipe.pipeline.demo import REPO_SAMPLE
+    from ctpipe.pipeline.local_runner import run_cycle
+    from ctpipe.pipeline.spans import check_span
     imports = time.time() - started
 
     home = args.home or tempfile.mkdtemp(prefix="ctpipe-bench-")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from pipeline.errors import BadInput
+import tomllib
 
-REPO_SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "schema.pbtxt"
+from ctpipe.pipeline.errors import ConfigError
+
+__all__ = ["ConfigError", "PipelineConfig"]
+
 
 # Beam's DirectRunner defaults (in-memory, one worker) are what a small span wants, so the local
 # runner passes *no* Beam arguments: any non-empty list without --extra_package/--setup_file/
@@ -23,8 +24,6 @@ REPO_SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "schema.pbtxt"
 DIRECT_RUNNER_ARGS: List[str] = []
 
 
-class ConfigError(BadInput, ValueError):
-    """The configuration is unusable (unknown key, wrong type, bad value)."""
 
 
 @dataclasses.dataclass
@@ -34,7 +33,9 @@ class PipelineConfig:
     model_name: str = "big_tipper"
     data_root: str = "data/sample"
     home: str = "ctpipe-home"
-    schema_path: str = str(REPO_SCHEMA)
+    # The data contract: "" = the packaged schema/schema.pbtxt (ctpipe.schema); else a path
+    # (any tf.io.gfile location every runner's steps can read).
+    schema_path: str = ""
     # Which span this cycle processes (the runner sets it: the oldest pending span).
     span: Optional[int] = None
     # On a fresh home, the first span to process (default: the newest; older ones are history).

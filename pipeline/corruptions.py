@@ -9,7 +9,7 @@ import csv
 import random
 from typing import Callable, Dict, List
 
-from components import features as F
+from ctpipe.components import features as F
 
 Rows = List[Dict[str, str]]
 

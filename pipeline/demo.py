@@ -15,12 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from pipeline import corruptions
-from pipeline.cli import format_decision, history_table
-from pipeline.config import PipelineConfig
-from pipeline.local_runner import run_cycle
-from pipeline.outcomes import Decision
-from pipeline.spans import BadInput
+from ctpipe.pipeline import corruptions
+from ctpipe.pipeline.config import PipelineConfig
+from ctpipe.pipeline.formatting import format_decision, history_table
+from ctpipe.pipeline.local_runner import run_cycle
+from ctpipe.pipeline.outcomes import Decision
+from ctpipe.pipeline.spans import BadInput
 
 REPO_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 # (sample span, what happens to it on arrival); None = no new span arrives.

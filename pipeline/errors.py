@@ -1,6 +1,14 @@
-"""Errors a person can act on. Each carries the process exit code the CLI returns for it
-(README "Exit codes"); anything else is an internal error (exit 1)."""
+"""Every error ctpipe reports, and the one status table shared by the server and the clients.
+
+A `CtpipeError` is one line of text for a person plus the process exit code the CLI returns for
+it (README "Exit codes"); anything else that escapes is an internal error (exit 1).
+`ServingError` carries a gRPC status name; REST turns it into an HTTP status with
+`HTTP_STATUS`, the mapping TF Serving's model server uses (model_servers/http_server.cc,
+ToHTTPStatusCode), and the REST client turns HTTP statuses back with `GRPC_CODE_OF_HTTP`.
+"""
 from __future__ import annotations
+
+from typing import Dict, Optional
 
 
 class CtpipeError(Exception):
@@ -15,7 +23,64 @@ class BadInput(CtpipeError):
     exit_code = 2
 
 
+class ConfigError(BadInput, ValueError):
+    """The configuration is unusable (unknown key, wrong type, bad value)."""
+
+
+class KubeflowError(BadInput):
+    """A Kubeflow Pipelines operation could not be done (server unreachable, bad cron, ...)."""
+
+
 class HomeBusy(CtpipeError):
     """Another `ctpipe run` or `ctpipe watch` holds this home (exit 7)."""
 
     exit_code = 7
+
+
+# gRPC status name -> HTTP status, as TF Serving's REST API answers (http_server.cc).
+HTTP_STATUS: Dict[str, int] = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
+# The way back (several codes share an HTTP status: the most telling one is kept), plus the
+# statuses an HTTP layer answers by itself.
+GRPC_CODE_OF_HTTP: Dict[int, str] = {
+    200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND", 409: "ABORTED", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def http_status(code: str) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
+def grpc_code(http: int) -> str:
+    return GRPC_CODE_OF_HTTP.get(http, "UNKNOWN")
+
+
+class ServingError(Exception):
+    """An error with a gRPC status name; REST maps it to an HTTP status (HTTP_STATUS) unless
+    the HTTP layer itself has a more exact one (413 for a body over the limit)."""
+
+    def __init__(self, code: str, message: str, http: Optional[int] = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http = http if http is not None else http_status(code)

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from components.ledger import LEDGER_FILE, Ledger
+from ctpipe.components.ledger import LEDGER_FILE, Ledger
 
 LEDGER_TYPE = "Dataset"  # components.data_gate.GateState
 PIPELINE_CONTEXT_TYPE = "pipeline"

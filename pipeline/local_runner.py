@@ -25,12 +25,21 @@ import tempfile
 import time
 from typing import Callable, Iterator, List, Optional
 
-from pipeline import cycles
-from pipeline.config import PipelineConfig
-from pipeline.errors import BadInput, HomeBusy
-from pipeline.outcomes import (FAILED, GAVE_UP, NO_NEW_DATA, Decision, decision_for_run,
-                               open_store, pipeline_runs, read_run, sqlite_connection)
-from pipeline.spans import check_span, discover_spans
+from ctpipe.pipeline import cycles
+from ctpipe.pipeline.config import PipelineConfig
+from ctpipe.pipeline.errors import BadInput, HomeBusy
+from ctpipe.pipeline.outcomes import (
+    FAILED,
+    GAVE_UP,
+    NO_NEW_DATA,
+    Decision,
+    decision_for_run,
+    open_store,
+    pipeline_runs,
+    read_run,
+    sqlite_connection,
+)
+from ctpipe.pipeline.spans import check_span, discover_spans
 
 Progress = Callable[[str], None]
 _COMPONENT_EVENT = re.compile(r"^Component (\S+) is (running|finished)\.$")
@@ -209,7 +218,7 @@ def settle(store, config: PipelineConfig) -> List[Decision]:
 
 
 def give_up_exhausted(store, config: PipelineConfig) -> List[Decision]:
-    from pipeline import ledger_store
+    from ctpipe.pipeline import ledger_store
 
     plan = cycles.plan_spans([], cycles.cycle_records(store, config.pipeline_name),
                              cycles.operator_actions(store, config.pipeline_name))
@@ -331,7 +340,7 @@ def next_cycle(config: PipelineConfig, progress: Optional[Progress] = None,
                 gave_up[0].reasons.insert(0, decision.reasons[-1])
                 return gave_up[0]
         else:
-            from pipeline.retention import apply_retention
+            from ctpipe.pipeline.retention import apply_retention
 
             apply_retention(store, config)
         return decision
@@ -341,7 +350,7 @@ def _run_pipeline(config: PipelineConfig, store, connection, span: int, attempt:
                   cycle_id: int, started: float, progress: Optional[Progress]) -> Decision:
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import create_pipeline
+    from ctpipe.pipeline.pipeline import create_pipeline
 
     rows = check_span(span, os.path.join(config.data_root, f"span-{span}"))
     if progress:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from pipeline import cycles, ledger_store
-from pipeline.config import PipelineConfig
-from pipeline.errors import BadInput
-from pipeline.local_runner import absolute, write_lock
-from pipeline.outcomes import DATA_BLOCKED, Decision, open_store, sqlite_connection
+from ctpipe.pipeline import cycles, ledger_store
+from ctpipe.pipeline.config import PipelineConfig
+from ctpipe.pipeline.errors import BadInput
+from ctpipe.pipeline.local_runner import absolute, write_lock
+from ctpipe.pipeline.outcomes import DATA_BLOCKED, Decision, open_store, sqlite_connection
 
 LOCK_WAIT_SECONDS = 1800.0
 
@@ -46,7 +46,7 @@ def quarantine_list(config: PipelineConfig) -> List[Dict[str, Any]]:
 
 def _models_trained_on(store, span: int) -> List[str]:
     """Every live Model artifact whose lineage (written by the trainer) names `span`."""
-    from components.data_gate import model_training_spans
+    from ctpipe.components.data_gate import model_training_spans
 
     try:
         models = store.get_artifacts_by_type("Model")

@@ -160,7 +160,10 @@ def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
 
 def decision_for_run(record: RunRecord) -> Decision:
     """Turn one run's artifacts into the decision a person (or a machine) reads."""
-    from components.evaluation import failed_thresholds, overall_metrics  # TFMA: heavy import
+    from ctpipe.components.evaluation import (  # TFMA: heavy import
+        failed_thresholds,
+        overall_metrics,
+    )
 
     examples = record.outputs.get("CsvExampleGen", {}).get("examples")
     span = _prop(examples, "span") if examples is not None else None

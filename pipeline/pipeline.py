@@ -1,6 +1,6 @@
 """create_pipeline(config): the only place components are wired, for every runner.
 
-ExampleGen -> StatisticsGen -> SchemaGen (inferred, for review) + ImportSchemaGen (the contract)
+ExampleGen -> StatisticsGen -> SchemaGen (inferred, for review) + CuratedSchema (the contract)
 -> ExampleValidator -> DataGate -> [if accepted] Trainer -> Evaluator (vs last blessed) -> Pusher.
 """
 from __future__ import annotations
@@ -13,14 +13,15 @@ from tfx.components import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2, range_config_pb2
 
-from components.atomic_pusher import AtomicPusherExecutor
-from components.csv_ingest import SpreadsheetCsvExecutor
-from components.data_gate import DataGate, GateState
-from components.evaluation import build_eval_config
-from pipeline.config import PipelineConfig
+from ctpipe.components.atomic_pusher import AtomicPusherExecutor
+from ctpipe.components.csv_ingest import SpreadsheetCsvExecutor
+from ctpipe.components.curated_schema import CuratedSchema
+from ctpipe.components.data_gate import DataGate, GateState
+from ctpipe.components.evaluation import build_eval_config
+from ctpipe.pipeline.config import PipelineConfig
 
 SPAN_PATTERN = "span-{SPAN}/*"
-TRAINER_RUN_FN = "components.trainer.run_fn"
+TRAINER_RUN_FN = "ctpipe.components.trainer.run_fn"
 
 
 def _example_gen(config: PipelineConfig, data_root) -> FileBasedExampleGen:
@@ -48,8 +49,7 @@ def create_components(config: PipelineConfig, data_root=None,
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
-    curated_schema = tfx.components.ImportSchemaGen(
-        schema_file=config.schema_path).with_id("CuratedSchema")
+    curated_schema = CuratedSchema(schema_file=config.schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=curated_schema.outputs["schema"])
     previous_gate_state = tfx.dsl.Resolver(

@@ -17,9 +17,9 @@ from typing import Iterable, List, Set
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from components.layout import LINEAGE_FILE
-from pipeline.config import PipelineConfig
-from pipeline.outcomes import pipeline_runs
+from ctpipe.components.layout import LINEAGE_FILE
+from ctpipe.pipeline.config import PipelineConfig
+from ctpipe.pipeline.outcomes import pipeline_runs
 
 # Artifact types removed from old runs. Kept: ledgers (Dataset), blessings, pushed-model records.
 LARGE_TYPES = ("Examples", "ExampleStatistics", "Model", "ModelRun", "ModelEvaluation",
@@ -53,7 +53,7 @@ def _warm_start_parent(model_uri: str) -> str:
 
 
 def protected_uris(store, config: PipelineConfig) -> Set[str]:
-    from pipeline.ledger_store import latest_ledger
+    from ctpipe.pipeline.ledger_store import latest_ledger
 
     ledger, _ = latest_ledger(store, config.pipeline_name)
     keep: Set[str] = set()

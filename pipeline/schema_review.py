@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from pipeline.config import PipelineConfig
-from pipeline.spans import check_span, discover_spans
+from ctpipe.components.curated_schema import load_contract
+from ctpipe.pipeline.config import PipelineConfig
+from ctpipe.pipeline.spans import check_span, discover_spans
 
 
 def _describe(feature) -> dict:
@@ -52,5 +53,5 @@ def schema_diff(config: PipelineConfig, span: Optional[int] = None) -> List[str]
     check_span(chosen, span_dir)
     statistics = tfdv.generate_statistics_from_csv(os.path.join(span_dir, "*"))
     inferred = tfdv.infer_schema(statistics)
-    curated = tfdv.load_schema_text(config.schema_path)
+    curated = load_contract(config.schema_path)
     return [f"span {chosen}: {line}" for line in diff_schemas(curated, inferred)]

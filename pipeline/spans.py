@@ -12,8 +12,8 @@ import os
 import re
 from typing import Dict, List
 
-from components import features as F
-from pipeline.errors import BadInput
+from ctpipe.components import features as F
+from ctpipe.pipeline.errors import BadInput
 
 __all__ = ["BadInput", "check_span", "discover_spans", "span_files"]
 SPAN_DIR = re.compile(r"^span-(\d+)$")

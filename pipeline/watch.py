@@ -11,10 +11,10 @@ import signal
 import threading
 from typing import Callable, Optional
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import BadInput, HomeBusy
-from pipeline.local_runner import absolute, next_cycle, runner_lock
-from pipeline.outcomes import FAILED, NO_NEW_DATA, Decision
+from ctpipe.pipeline.config import PipelineConfig
+from ctpipe.pipeline.errors import BadInput, HomeBusy
+from ctpipe.pipeline.local_runner import absolute, next_cycle, runner_lock
+from ctpipe.pipeline.outcomes import FAILED, NO_NEW_DATA, Decision
 
 MAX_BACKOFF_SECONDS = 600.0
 

@@ -1,8 +1,8 @@
 """Predict latency of the local server, batch 1, gRPC and REST (p50/p99 over N requests).
 
-Usage: python -m serving.benchmark --model-base-path HOME/serving/big_tipper [--requests 500]
-       python -m serving.benchmark --grpc host:8500 --rest http://host:8501   (a running server,
-       e.g. a real TF Serving)
+Usage: python -m ctpipe.serving.benchmark --model-base-path HOME/serving/big_tipper [--requests 500]
+       python -m ctpipe.serving.benchmark --grpc host:8500 --rest http://host:8501
+       (a running server, e.g. a real TF Serving)
 Prints figures only; latency goals are read here, not asserted in tests.
 """
 from __future__ import annotations
@@ -51,19 +51,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args()
 
-    from serving.clients import GrpcClient, RestClient
+    from ctpipe.serving.clients import GrpcClient, RestClient
 
     server = None
     if args.model_base_path:
-        from serving.model_config import single_model
-        from serving.server import start_server
+        from ctpipe.serving.model_config import single_model
+        from ctpipe.serving.server import start_server
         server = start_server(single_model(args.model_name, os.path.abspath(args.model_base_path)),
                               grpc_port=0, rest_port=0)
         args.grpc, args.rest = server.grpc_address, server.rest_url
     try:
         for name, client in (("gRPC", GrpcClient(args.grpc, args.model_name)),
                              ("REST", RestClient(args.rest, args.model_name))):
-            report(name, measure(lambda: client.predict(ROW, "serving_raw"), args.requests))
+            report(name, measure(lambda c=client: c.predict(ROW, "serving_raw"), args.requests))
             client.close()
     finally:
         if server:

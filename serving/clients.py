@@ -1,9 +1,11 @@
 """Clients for TF Serving (or `ctpipe serve`): one interface over gRPC and REST.
 
-    client = GrpcClient("127.0.0.1:8500", "big_tipper")      # or RestClient("http://127.0.0.1:8501", ...)
-    client.predict({"fare": [12.5], ...}, signature_name="serving_raw")  -> {"probabilities": array}
-    client.classify([{"fare": 12.5, "payment_type": "Credit Card", ...}]) -> [[("0", .87), ("1", .13)]]
-    client.metadata()  -> {signature name: {"inputs": {alias: dtype}, "outputs": {...}, "method": ...}}
+    client = GrpcClient("127.0.0.1:8500", "big_tipper")  # or RestClient("http://127.0.0.1:8501")
+    client.predict({"fare": [12.5], ...}, signature_name="serving_raw")
+        -> {"probabilities": array}
+    client.classify([{"fare": 12.5, "payment_type": "Credit Card", ...}])
+        -> [[("0", .87), ("1", .13)]]
+    client.metadata()  -> {signature: {"inputs": {alias: dtype}, "outputs": {...}, "method": ...}}
     client.status()    -> [{"version": 5, "state": "AVAILABLE"}]
 
 Every call has a timeout; transient failures (UNAVAILABLE, connection errors, HTTP 503) are
@@ -18,9 +20,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ctpipe.pipeline.errors import grpc_code
+
 Classification = List[List[Tuple[str, float]]]
-HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
-                501: "UNIMPLEMENTED", 503: "UNAVAILABLE"}
 
 
 class ServingClientError(Exception):
@@ -113,7 +115,7 @@ class GrpcClient:
         import tensorflow as tf
         from tensorflow_serving.apis import classification_pb2
 
-        from serving.json_codec import examples_from_json
+        from ctpipe.serving.json_codec import examples_from_json
 
         request = classification_pb2.ClassificationRequest()
         self._spec(request.model_spec, signature_name)
@@ -140,7 +142,7 @@ class GrpcClient:
     def status(self) -> List[Dict[str, Any]]:
         from tensorflow_serving.apis import get_model_status_pb2
 
-        from serving.registry import STATE_NAMES
+        from ctpipe.serving.registry import STATE_NAMES
 
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec)
@@ -201,7 +203,7 @@ class RestClient:
                 message = error.response.json().get("error", error.response.text)
             except ValueError:
                 message = error.response.text
-            code = HTTP_TO_CODE.get(error.response.status_code, "UNKNOWN")
+            code = grpc_code(error.response.status_code)
             raise ServingClientError(code, message)
         except (requests.ConnectionError, requests.Timeout) as error:
             raise ServingClientError("UNAVAILABLE", str(error).splitlines()[0])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from serving.metrics import Metrics
-from serving.registry import ModelRegistry
-from serving.servables import Servable, ServingError
+from ctpipe.pipeline.errors import ServingError
+from ctpipe.serving.metrics import Metrics
+from ctpipe.serving.registry import ModelRegistry
+from ctpipe.serving.servables import Servable
 
 
 class ServingCore:

@@ -8,14 +8,20 @@ from typing import List, Optional, Tuple
 
 import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
-from serving.core import ServingCore
-from serving.model_config import from_proto
-from serving.servables import ServingError
+from ctpipe.pipeline.errors import ServingError
+from ctpipe.serving.core import ServingCore
+from ctpipe.serving.model_config import from_proto
 
 ENTRYPOINT = "GRPC"
 

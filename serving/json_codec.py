@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from serving.servables import ServingError
+from ctpipe.pipeline.errors import ServingError
 
 
 def _decode_b64(value: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.servables import ServingError
+from ctpipe.pipeline.errors import ServingError
 
 
 @dataclasses.dataclass

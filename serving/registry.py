@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-
-from serving.model_config import ModelSpecConfig, parse_models, versions_on_disk
-from serving.servables import Servable, ServingError
+from ctpipe.pipeline.errors import ServingError
+from ctpipe.serving.model_config import ModelSpecConfig, parse_models, versions_on_disk
+from ctpipe.serving.servables import Servable
 
 # tensorflow.serving.ModelVersionStatus.State values
 START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50

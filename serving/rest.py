@@ -17,16 +17,14 @@ from typing import Any, Dict, Optional, Tuple
 
 from google.protobuf import json_format
 
-from serving import json_codec
-from serving.core import ServingCore
-from serving.registry import STATE_NAMES
-from serving.servables import ServingError
+from ctpipe.pipeline.errors import ServingError
+from ctpipe.serving import json_codec
+from ctpipe.serving.core import ServingCore
+from ctpipe.serving.registry import STATE_NAMES
 
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
                    r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?$")
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
-               "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "RESOURCE_EXHAUSTED": 413}
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
@@ -73,7 +71,7 @@ def make_handler(core: ServingCore, max_body_bytes: int):
             self.wfile.write(data)
 
         def _error(self, error: ServingError) -> None:
-            self._send(HTTP_STATUS.get(error.code, 500), {"error": error.message})
+            self._send(error.http, {"error": error.message})
 
         def _route(self) -> Tuple[Dict[str, Optional[str]], Optional[int]]:
             match = ROUTE.match(self.path.split("?", 1)[0])
@@ -120,11 +118,14 @@ def make_handler(core: ServingCore, max_body_bytes: int):
                 length = int(self.headers.get("Content-Length", "0"))
             except ValueError:
                 raise ServingError("INVALID_ARGUMENT", "bad Content-Length")
+            if length < 0:
+                self.close_connection = True
+                raise ServingError("INVALID_ARGUMENT", f"negative Content-Length {length}")
             if length > max_body_bytes:
                 self.close_connection = True
                 raise ServingError("RESOURCE_EXHAUSTED",
                                    f"request body of {length} bytes exceeds the limit of "
-                                   f"{max_body_bytes} bytes")
+                                   f"{max_body_bytes} bytes", http=413)
             raw = self.rfile.read(length)
             try:
                 body = json.loads(raw)

@@ -15,6 +15,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from ctpipe.pipeline.errors import ServingError
+
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -22,15 +24,6 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
-
-
-class ServingError(Exception):
-    """An error with a gRPC status name; REST maps it to an HTTP status."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def read_signature_defs(export_dir: str) -> Dict[str, "tf.compat.v1.SignatureDef"]:
@@ -80,7 +73,8 @@ class Servable:
         if unknown:
             raise ServingError("INVALID_ARGUMENT",
                                f"input tensor alias not found in signature: {unknown[0]}. "
-                               f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}.")
+                               "Inputs expected to be in the set "
+                               f"{{{','.join(sorted(expected))}}}.")
         missing = sorted(expected - set(inputs))
         if missing:
             raise ServingError("INVALID_ARGUMENT",

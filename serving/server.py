@@ -9,11 +9,11 @@ import dataclasses
 import threading
 from typing import Callable, List, Optional
 
-from serving.core import ServingCore
-from serving.grpc_service import start_grpc
-from serving.model_config import ModelSpecConfig
-from serving.registry import ModelRegistry
-from serving.rest import start_rest
+from ctpipe.serving.core import ServingCore
+from ctpipe.serving.grpc_service import start_grpc
+from ctpipe.serving.model_config import ModelSpecConfig
+from ctpipe.serving.registry import ModelRegistry
+from ctpipe.serving.rest import start_rest
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 

@@ -17,8 +17,16 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from tests.support import (REPO, Invariants, ctpipe, ctpipe_command, deliver, directory_bytes,
-                           temp_entries, wait_for_line)
+from tests.support import (
+    REPO,
+    Invariants,
+    ctpipe,
+    ctpipe_command,
+    deliver,
+    directory_bytes,
+    temp_entries,
+    wait_for_line,
+)
 
 # Small step budgets keep a cycle ~20 s; max_attempts 2 reaches "gave up" in two failures.
 CONFIG = """
@@ -56,8 +64,8 @@ def _arrive(run: LongRun, span: int, corruption: str = "") -> None:
 
 def _production_preprocessing(run: LongRun) -> Path:
     """The production model's warm-start state (the next Trainer reads it)."""
-    from pipeline.outcomes import open_store, sqlite_connection
-    from pipeline.retention import production_model
+    from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+    from ctpipe.pipeline.retention import production_model
 
     store = open_store(sqlite_connection(str(run.home / "metadata.sqlite")))
     return Path(production_model(store).uri) / "warm_start" / "preprocessing.json"
@@ -68,8 +76,8 @@ def _decisions(lines: str) -> List[dict]:
 
 
 def run_long_scenario(root: Path) -> LongRun:
-    from pipeline.config import PipelineConfig
-    from pipeline.local_runner import run_cycle
+    from ctpipe.pipeline.config import PipelineConfig
+    from ctpipe.pipeline.local_runner import run_cycle
 
     run = LongRun(home=root / "home", data_root=root / "incoming",
                   config_path=root / "ctpipe.toml")

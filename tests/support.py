@@ -16,7 +16,7 @@ SAMPLE = REPO / "data" / "sample"
 
 
 def ctpipe_command(*args: str) -> List[str]:
-    return [sys.executable, "-m", "pipeline.cli", *args]
+    return [sys.executable, "-m", "ctpipe.pipeline.cli", *args]
 
 
 def ctpipe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -27,7 +27,7 @@ def ctpipe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def deliver(data_root: Path, sample_span: int, as_span: int, corruption: str = "") -> None:
     """A span arrives: a copy of a sample span, optionally corrupted on the way."""
-    from pipeline import corruptions
+    from ctpipe.pipeline import corruptions
 
     target = Path(data_root) / f"span-{as_span}"
     target.mkdir(parents=True, exist_ok=True)
@@ -65,8 +65,8 @@ class Invariants:
         self.max_version_seen = 0
 
     def check(self) -> List[str]:
-        from pipeline import cycles, ledger_store
-        from pipeline.outcomes import open_store, sqlite_connection
+        from ctpipe.pipeline import cycles, ledger_store
+        from ctpipe.pipeline.outcomes import open_store, sqlite_connection
 
         store = open_store(sqlite_connection(str(self.home / "metadata.sqlite")))
         records = cycles.cycle_records(store, "ctpipe")
@@ -113,8 +113,9 @@ class Invariants:
         if on_disk and on_disk[-1] < self.max_version_seen:
             problems.append(f"highest version fell from {self.max_version_seen} to {on_disk[-1]}")
         self.max_version_seen = max([self.max_version_seen, *on_disk])
-        if set(pushed) - set(on_disk):
-            problems.append(f"pushed versions missing on disk: {sorted(set(pushed) - set(on_disk))}")
+        missing = sorted(set(pushed) - set(on_disk))
+        if missing:
+            problems.append(f"pushed versions missing on disk: {missing}")
         leftovers = [n for n in os.listdir(self.base) if n.startswith(".incoming")] \
             if self.base.exists() else []
         if leftovers:

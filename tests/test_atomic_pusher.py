@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from components import atomic_pusher as ap
-from serving.model_config import versions_on_disk
+from ctpipe.components import atomic_pusher as ap
+from ctpipe.serving.model_config import versions_on_disk
 
 
 @pytest.fixture()
@@ -55,7 +55,7 @@ def test_killed_push_leaves_no_version_and_is_cleaned_up(model_dir, tmp_path):
     base = tmp_path / "serving"
     script = textwrap.dedent(f"""
         import os, shutil, sys, time
-        from components import atomic_pusher as ap
+        from ctpipe.components import atomic_pusher as ap
         def slow_copy(source, destination):
             os.makedirs(destination)
             shutil.copyfile(os.path.join(source, "saved_model.pb"),

@@ -1,7 +1,8 @@
 """The command line as a user meets it: one-line errors, distinct exit codes, no traceback."""
 import pytest
 
-from components import features as F
+from ctpipe.components import features as F
+
 from tests.conftest import ctpipe
 
 

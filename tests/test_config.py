@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, PipelineConfig
+from ctpipe.pipeline.config import ConfigError, PipelineConfig
 
 
 def test_defaults_derive_paths_from_home():

@@ -4,8 +4,9 @@ import csv
 
 import pytest
 
-from components import features as F
-from pipeline.spans import BadInput, check_span
+from ctpipe.components import features as F
+from ctpipe.pipeline.spans import BadInput, check_span
+
 from tests.support import SAMPLE
 
 
@@ -21,7 +22,7 @@ def _examples(input_base):
     import apache_beam as beam
     from apache_beam.testing.util import assert_that
 
-    from components.csv_ingest import _SpreadsheetCsvToExample
+    from ctpipe.components.csv_ingest import _SpreadsheetCsvToExample
 
     collected = []
 
@@ -48,7 +49,7 @@ def test_bom_crlf_and_quotes_give_the_same_examples(tmp_path):
 
 
 def test_header_columns_strip_the_mark(tmp_path):
-    from components.csv_ingest import header_columns
+    from ctpipe.components.csv_ingest import header_columns
 
     path = tmp_path / "a.csv"
     path.write_bytes("\ufeff\"a\", b ,c\r\n1,2,3\r\n".encode("utf-8"))

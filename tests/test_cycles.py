@@ -1,8 +1,8 @@
 """Span bookkeeping rules (pipeline/cycles.py) on records, and their round trip through a real
 ML Metadata store."""
-from pipeline import cycles
-from pipeline.cycles import COMPLETE, FAILED_STATE, RUNNING, CycleRecord, OperatorAction
-from pipeline.outcomes import Decision, open_store, sqlite_connection
+from ctpipe.pipeline import cycles
+from ctpipe.pipeline.cycles import COMPLETE, FAILED_STATE, RUNNING, CycleRecord, OperatorAction
+from ctpipe.pipeline.outcomes import Decision, open_store, sqlite_connection
 
 
 def _record(span, outcome=None, state=COMPLETE, at=1.0, reasons=(), checks=None):

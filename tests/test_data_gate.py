@@ -1,8 +1,8 @@
 """The gate's pure decision and the ledger rules (components/data_gate.py, components/ledger.py)."""
 import pytest
 
-from components.data_gate import decide
-from components.ledger import Ledger, choose_warm_start
+from ctpipe.components.data_gate import decide
+from ctpipe.components.ledger import Ledger, choose_warm_start
 
 
 def _accept(ledger, span, window=3):

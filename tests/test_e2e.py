@@ -71,7 +71,7 @@ def test_served_model_signatures_agree(long_run):
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from components import trainer
+    from ctpipe.components import trainer
 
     base = long_run.home / "serving" / "big_tipper"
     version_dir = base / str(_versions(os.listdir(base))[-1])

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from serving.model_config import parse_models
+from ctpipe.serving.model_config import parse_models
+
 from tests.conftest import REPO
 
 K8S = REPO / "serving" / "k8s"

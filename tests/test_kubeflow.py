@@ -9,9 +9,10 @@ import urllib.parse
 import pytest
 from google.protobuf import json_format
 
-from kubeflow import client
-from kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline
-from pipeline.config import PipelineConfig
+from ctpipe.kubeflow import client
+from ctpipe.kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline
+from ctpipe.pipeline.config import PipelineConfig
+
 from tests.conftest import REPO, ctpipe
 
 FLINK = REPO / "kubeflow" / "environments" / "flink.toml"
@@ -34,7 +35,7 @@ def test_spec_is_a_real_pipeline_spec_and_deterministic(compiled):
 
 
 def test_dependencies_match_the_local_dag(compiled, tmp_path):
-    from pipeline.pipeline import create_pipeline
+    from ctpipe.pipeline.pipeline import create_pipeline
 
     _, spec, _ = compiled
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from components.label_check import LabelCheck, auc, auc_stderr
+from ctpipe.components.label_check import LabelCheck, auc, auc_stderr
 
 
 def test_auc_matches_the_pairwise_definition():

@@ -5,8 +5,7 @@ import json
 
 from ml_metadata.proto import metadata_store_pb2 as pb
 
-from pipeline import outcomes
-
+from ctpipe.pipeline import outcomes
 
 
 def _kfp_run(store, run_name: str, span: int, gate: dict) -> None:

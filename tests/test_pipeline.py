@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from pipeline.config import PipelineConfig
-from pipeline.pipeline import create_pipeline
+from ctpipe.pipeline.config import PipelineConfig
+from ctpipe.pipeline.pipeline import create_pipeline
 
 EXPECTED_ORDER = ["CsvExampleGen", "StatisticsGen", "SchemaGen", "CuratedSchema",
                   "ExampleValidator", "PreviousGateState", "LatestBlessedModel", "DataGate",

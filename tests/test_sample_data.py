@@ -1,4 +1,5 @@
-from pipeline import sample_data
+from ctpipe.pipeline import sample_data
+
 from tests.conftest import SAMPLE
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from pipeline import corruptions
-from pipeline.config import REPO_SCHEMA
+from ctpipe.components.curated_schema import load_contract
+from ctpipe.pipeline import corruptions
+
 from tests.conftest import SAMPLE
 
 tfdv = pytest.importorskip("tensorflow_data_validation")
@@ -11,7 +12,7 @@ tfdv = pytest.importorskip("tensorflow_data_validation")
 
 @pytest.fixture(scope="module")
 def schema():
-    return tfdv.load_schema_text(str(REPO_SCHEMA))
+    return load_contract()
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import urllib.request
 
 import pytest
 
-from components.atomic_pusher import publish_atomically
-from serving import model_config
-from serving.clients import GrpcClient, ServingClientError
-from serving.server import start_server
+from ctpipe.components.atomic_pusher import publish_atomically
+from ctpipe.serving import model_config
+from ctpipe.serving.clients import GrpcClient, ServingClientError
+from ctpipe.serving.server import start_server
 
 pytestmark = pytest.mark.e2e
 MODEL = "big_tipper"
@@ -94,10 +94,10 @@ def test_policy_and_labels_from_a_model_config_file(versions, tmp_path):
             listed = json.loads(response.read())["model_version_status"]
         assert sorted(s["version"] for s in listed) == ["1", "2"]
         # move the label with HandleReloadConfigRequest, as a rollout would
+        import grpc
         from google.protobuf import text_format
         from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
         from tensorflow_serving.config import model_server_config_pb2
-        import grpc
         moved = config.replace("value: 1", "value: 2") if "value: 1" in config else config
         request = model_management_pb2.ReloadConfigRequest(config=text_format.Parse(
             moved, model_server_config_pb2.ModelServerConfig()))

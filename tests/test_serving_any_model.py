@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc, regression_pb2
 
-from components.trainer import set_signature_method
-from serving.model_config import single_model
-from serving.server import start_server
+from ctpipe.components.trainer import set_signature_method
+from ctpipe.serving.model_config import single_model
+from ctpipe.serving.server import start_server
 
 
 class Toy(tf.Module):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from serving.clients import GrpcClient, RestClient, ServingClientError
+from ctpipe.serving.clients import GrpcClient, RestClient, ServingClientError
 
 pytestmark = pytest.mark.e2e
 MODEL = os.environ.get("CTPIPE_TFSERVING_MODEL", "big_tipper")
@@ -38,8 +38,8 @@ def endpoints(long_run):
     if grpc_address and rest_url:
         yield grpc_address, rest_url, os.environ.get("CTPIPE_TFSERVING_MODEL_DIR")
         return
-    from serving.model_config import single_model
-    from serving.server import start_server
+    from ctpipe.serving.model_config import single_model
+    from ctpipe.serving.server import start_server
 
     base = long_run.home / "serving" / MODEL
     server = start_server(single_model(MODEL, str(base)), grpc_port=0, rest_port=0)
@@ -79,7 +79,7 @@ def test_predict_matches_the_saved_model_in_process(client, endpoints):
     if model_dir:
         import tensorflow as tf
 
-        from components.trainer import raw_feature_signature
+        from ctpipe.components.trainer import raw_feature_signature
         specs = raw_feature_signature()
         loaded = tf.saved_model.load(model_dir)
         expected = loaded.signatures["serving_raw"](**{
@@ -89,7 +89,7 @@ def test_predict_matches_the_saved_model_in_process(client, endpoints):
 
 
 def test_serialized_examples_and_classify_agree_with_raw(client):
-    from serving.json_codec import examples_from_json
+    from ctpipe.serving.json_codec import examples_from_json
     raw = np.asarray(client.predict(COLUMNS, "serving_raw")["probabilities"]).reshape(-1)
     serialized = examples_from_json({"examples": EXAMPLES})
     from_examples = np.asarray(client.predict({"examples": serialized}, "serving_default")

@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from components import features as F
-from pipeline.spans import BadInput, check_span, discover_spans
+from ctpipe.components import features as F
+from ctpipe.pipeline.spans import BadInput, check_span, discover_spans
+
 from tests.conftest import SAMPLE
 
 HEADER = ",".join(F.CSV_COLUMNS)

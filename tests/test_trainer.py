@@ -4,8 +4,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from components import features as F  # noqa: E402
-from components import trainer  # noqa: E402
+from ctpipe.components import features as F  # noqa: E402
+from ctpipe.components import trainer  # noqa: E402
 
 
 def _example(**values) -> bytes:

@@ -1,0 +1,87 @@
+"""How decisions, histories and lists look to a person (the commands print; this formats)."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+
+def _metric_text(metrics: Dict[str, Dict[str, float]]) -> str:
+    parts = []
+    for model in ("candidate", "baseline"):
+        values = metrics.get(model)
+        if values:
+            shown = ", ".join(f"{k}={v:g}" for k, v in values.items())
+            parts.append(f"{model}: {shown}")
+    return " | ".join(parts) or "none (nothing was evaluated)"
+
+
+def format_decision(decision) -> str:
+    headline = {
+        "pushed": f"PUSHED model version {decision.model_version}",
+        "data_blocked": "DATA BLOCKED - span quarantined, nothing trained, production unchanged",
+        "not_blessed": "NOT BLESSED - candidate rejected, production unchanged",
+        "no_new_data": "NOTHING NEW - no span to process, production unchanged",
+        "failed": "FAILED - the span stays pending and is retried, production unchanged",
+        "gave_up": "GAVE UP - span quarantined after repeated failures, production unchanged",
+    }[decision.outcome.value]
+    attempt = f" (attempt {decision.attempt})" if (decision.attempt or 1) > 1 else ""
+    lines = [f"span {decision.span}: {headline}{attempt}"]
+    lines += [f"  why: {reason}" for reason in decision.reasons]
+    labels = decision.checks.get("labels")
+    if labels and labels.get("production_auc_on_span") is not None:
+        lines.append(f"  labels: production model AUC {labels['production_auc_on_span']} on "
+                     f"this span vs {labels['production_auc_expected']} on spans "
+                     f"{', '.join(map(str, labels['reference_spans']))}")
+    if decision.outcome.value in ("pushed", "not_blessed"):
+        lines.append(f"  metrics: {_metric_text(decision.metrics)}")
+        lines.append(f"  trained on spans: {', '.join(map(str, decision.training_spans))}")
+        warm = decision.checks.get("warm_start")
+        if warm:
+            lines.append(f"  {warm['reason']}")
+    if decision.seconds is not None:
+        lines.append(f"  took {decision.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def list_text(values) -> str:
+    if values is None:
+        return "? (pass --data-root)"
+    return ", ".join(map(str, values)) or "none"
+
+
+def time_text(seconds: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%SZ")
+
+
+def history_table(decisions: Sequence) -> str:
+    header = f"{'span':>4}  {'outcome':<12} {'AUC':>7} {'baseline':>8} {'served':>6} " \
+             f"{'window':<10} {'secs':>6}  reason"
+    rows = [header, "-" * len(header)]
+    served: Optional[int] = None
+    for d in decisions:
+        if d.outcome == "no_new_data":
+            continue
+        if d.outcome == "pushed":
+            served = d.model_version
+        auc = d.metrics.get("candidate", {}).get("auc")
+        base = d.metrics.get("baseline", {}).get("auc")
+        window = ",".join(map(str, d.training_spans)) or "-"
+        rows.append(f"{str(d.span):>4}  {d.outcome:<12} {_num(auc):>7} {_num(base):>8} "
+                    f"{str(served if served is not None else '-'):>6} {window:<10} "
+                    f"{_num(d.seconds, '.1f'):>6}  {_headline_reason(d)[:90]}")
+    return "\n".join(rows)
+
+
+def _headline_reason(decision) -> str:
+    """The most specific reason: blocked and not-blessed decisions start with a summary line
+    ("span N quarantined", "candidate not blessed"); the first detail after it says why."""
+    reasons = decision.reasons
+    if decision.outcome in ("data_blocked", "not_blessed") and len(reasons) > 1:
+        return reasons[1]
+    return reasons[0] if reasons else ""
+
+
+def _num(value: Optional[float], fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
