@@ -36,11 +36,12 @@ schema-diff: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) -m ctpipe.pipeline.benchmark
 
-KFP_SPEC ?= kubeflow/out/ctpipe_pipeline.json
+KFP_TARGET ?= kfp
+KFP_SPEC ?= kubeflow/out/ctpipe.$(if $(filter vertex,$(KFP_TARGET)),json,yaml)
 IMAGE ?= ghcr.io/example/ctpipe:0.1.0
 
 kubeflow-compile: $(STAMP)
-	$(VENV)/bin/ctpipe kubeflow compile --output $(KFP_SPEC) $(if $(KFP_CONFIG),--config $(KFP_CONFIG))
+	$(VENV)/bin/ctpipe kubeflow compile --target $(KFP_TARGET) --output $(KFP_SPEC) $(if $(KFP_CONFIG),--config $(KFP_CONFIG))
 
 # Builds only where a container engine runs; says so and fails otherwise.
 kubeflow-image:

@@ -66,8 +66,52 @@ class _SpreadsheetCsvToExample(beam.PTransform):
                                                    column_infos)
 
 
+def resolve_span(exec_properties: Dict[str, Any], examples) -> None:
+    """What ExampleGen's driver does, for runners that never call it.
+
+    Open-source Kubeflow Pipelines never runs the `pre_cache_check` hook in which TFX resolves
+    `span-{SPAN}/*`, so the pattern reaches the executor unresolved. Here the span comes from
+    the range config (our SpanSelect step sets it to the oldest pending span) or, without one,
+    is the newest; the pattern, span, version and fingerprint are then set as the driver would.
+    """
+    from tfx.components.example_gen import driver, input_processor
+    from tfx.proto import example_gen_pb2, range_config_pb2
+    from tfx.utils import proto_utils
+
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                              input_config)
+    if not any("{SPAN}" in split.pattern for split in input_config.splits):
+        return  # a driver already resolved it (local runner, Vertex)
+    range_config = None
+    if exec_properties.get(standard_component_specs.RANGE_CONFIG_KEY):
+        range_config = range_config_pb2.RangeConfig()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.RANGE_CONFIG_KEY],
+                                  range_config)
+    processor = input_processor.FileBasedInputProcessor(
+        exec_properties[standard_component_specs.INPUT_BASE_KEY], input_config.splits,
+        range_config)
+    span, version = processor.resolve_span_and_version()
+    exec_properties["span"] = span
+    exec_properties["version"] = version
+    exec_properties["input_fingerprint"] = processor.get_input_fingerprint(span, version)
+    for split in input_config.splits:
+        split.pattern = processor.get_pattern_for_span_version(split.pattern, span, version)
+    exec_properties[standard_component_specs.INPUT_CONFIG_KEY] = \
+        proto_utils.proto_to_json(input_config)
+    driver.update_output_artifact(exec_properties=exec_properties,
+                                  output_artifact=examples.mlmd_artifact)
+
+
 class SpreadsheetCsvExecutor(BaseExampleGenExecutor):
     """ExampleGen executor for CSV with an optional byte-order mark and CRLF line endings."""
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:  # noqa: N802 - TFX API
         return _SpreadsheetCsvToExample
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802 - TFX API
+        from tfx.types import artifact_utils
+
+        resolve_span(exec_properties, artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY]))
+        super().Do(input_dict, output_dict, exec_properties)

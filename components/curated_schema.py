@@ -43,5 +43,6 @@ def CuratedSchema(  # noqa: N802 - TFX component names are classes by convention
 ) -> None:
     import tensorflow as tf
 
+    tf.io.gfile.makedirs(schema.uri)
     with tf.io.gfile.GFile(os.path.join(schema.uri, SCHEMA_FILE), "w") as handle:
         handle.write(contract_text(schema_file))

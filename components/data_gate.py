@@ -182,6 +182,14 @@ def model_training_spans(model_uri: str) -> List[int]:
     return list(lineage.get("training_spans", []))
 
 
+def _given_up_spans(span_selection) -> List[int]:
+    """Spans the Kubeflow SpanSelect step gave up on (their failed runs may have left them in
+    the ledger as accepted); none on the local runner, which publishes that itself."""
+    if span_selection is None or not span_selection.has_custom_property("gave_up"):
+        return []
+    return [int(s) for s in json.loads(span_selection.get_string_custom_property("gave_up"))]
+
+
 def _model_usable(model_uri: str) -> bool:
     return tf.io.gfile.exists(os.path.join(model_uri, WARM_START_DIR))
 
@@ -196,6 +204,7 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     training_examples: OutputArtifact[standard_artifacts.Examples],
     previous_state: InputArtifact[GateState] = None,
     production_model: InputArtifact[standard_artifacts.Model] = None,
+    span_selection: InputArtifact[GateState] = None,
     window_spans: Parameter[int] = 3,
     label_check_max_drop: Parameter[float] = 0.15,
     label_check_min_rows: Parameter[int] = 50,
@@ -207,6 +216,10 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
 
     span = span_of(examples)
     previous = read_ledger(previous_state.uri if previous_state else None).without(span)
+    for given_up in _given_up_spans(span_selection):
+        if given_up not in previous.quarantined_spans():
+            previous = previous.quarantine(given_up, ["gave up after repeated failed runs"],
+                                           by="attempts")
     production = None
     if production_model is not None:
         production = {"uri": production_model.uri,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import sys
 from typing import Any, Dict, Optional
 
@@ -71,11 +70,13 @@ def _find_version(client, pipeline_id: str, version_name: str) -> Optional[Any]:
 
 def upload(host: str, package_path: str, pipeline_name: str) -> Dict[str, Any]:
     """Create the pipeline, or add this spec as a new version of it."""
+    from ctpipe.kubeflow.runner import load_documents
+
     try:
-        with open(package_path) as handle:
-            json.load(handle)
-    except (OSError, ValueError) as error:
-        raise KubeflowError(f"pipeline spec {package_path} is not readable JSON: {error}")
+        load_documents(package_path)
+    except Exception as error:  # noqa: BLE001 - OSError, JSON or YAML errors: one line out
+        raise KubeflowError(f"pipeline spec {package_path} is not a readable compiled spec "
+                            f"(YAML or JSON): {str(error).splitlines()[0][:200]}")
     client = connect(host)
     version_name = spec_version_name(package_path)
     pipeline_id = _call(host, "pipeline lookup", client.get_pipeline_id, pipeline_name)

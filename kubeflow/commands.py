@@ -5,18 +5,23 @@ import argparse
 import json
 import os
 
+from ctpipe.kubeflow.runner import TARGETS
 from ctpipe.pipeline.command_line import EXIT_OK, add_config_flags, load_config
 
 
 def register(commands) -> None:
     kubeflow = commands.add_parser("kubeflow", help="compile, upload and schedule on Kubeflow")
     kfp_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
-    compile_ = kfp_commands.add_parser("compile", help="write the KFP v2 pipeline spec (JSON)")
-    compile_.add_argument("--output", default="kubeflow/out/ctpipe_pipeline.json")
+    compile_ = kfp_commands.add_parser(
+        "compile", help="write the pipeline for open-source KFP (YAML) or Vertex AI (JSON)")
+    compile_.add_argument("--output", help="default: kubeflow/out/ctpipe.yaml (kfp) or "
+                          "kubeflow/out/ctpipe.json (vertex)")
+    add_target_flag(compile_)
     add_config_flags(compile_)
     upload = kfp_commands.add_parser("upload", help="create the pipeline or add a version")
     upload.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8888")
     upload.add_argument("--package", help="compiled spec (default: compile now)")
+    add_target_flag(upload)
     add_config_flags(upload)
     schedule = kfp_commands.add_parser("schedule", help="recurring retraining run")
     schedule.add_argument("--host", required=True)
@@ -28,23 +33,37 @@ def register(commands) -> None:
     kubeflow.set_defaults(handler=cmd_kubeflow)
 
 
+def add_target_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", choices=TARGETS, default="kfp",
+                        help="kfp: open-source Kubeflow Pipelines 2.x (default); vertex: Vertex AI")
+
+
+def default_output(target: str) -> str:
+    return os.path.join("kubeflow", "out", "ctpipe." + ("yaml" if target == "kfp" else "json"))
+
+
 def cmd_kubeflow(args: argparse.Namespace) -> int:
     import tempfile
 
     from ctpipe.kubeflow import client
+    from ctpipe.kubeflow.adapt import executor_kinds
     from ctpipe.kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline
 
     config = load_config(args)
     if args.kubeflow_command == "compile":
-        spec = compile_pipeline(config, args.output)
-        tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
-        result = {"output": os.path.abspath(args.output), "tasks": sorted(tasks),
-                  "image": config.image}
+        output = args.output or default_output(args.target)
+        compiled = compile_pipeline(config, output, args.target)
+        spec = compiled[0] if args.target == "kfp" else compiled["pipelineSpec"]
+        result = {"output": os.path.abspath(output), "target": args.target,
+                  "schema_version": spec["schemaVersion"],
+                  "tasks": sorted(spec["root"]["dag"]["tasks"]),
+                  "executor_kinds": executor_kinds(spec), "image": config.image}
     elif args.kubeflow_command == "upload":
         package = args.package
         if not package:
-            package = os.path.join(tempfile.mkdtemp(prefix="ctpipe-kfp-"), "pipeline.json")
-            compile_pipeline(config, package)
+            package = os.path.join(tempfile.mkdtemp(prefix="ctpipe-kfp-"),
+                                   os.path.basename(default_output(args.target)))
+            compile_pipeline(config, package, args.target)
         result = client.upload(args.host, package, config.pipeline_name)
     else:
         parameters = {DATA_ROOT_PARAMETER: args.data_root} if args.data_root else {}

@@ -75,7 +75,15 @@ class PipelineConfig:
     image: str = "ghcr.io/example/ctpipe:0.1.0"
     kfp_pipeline_root: str = "gs://example-bucket/ctpipe/pipeline_root"
     kfp_data_root: str = "gs://example-bucket/ctpipe/data"
+    # Where the Pusher publishes on the cluster: object storage (gs://..., s3://...; TF Serving
+    # reads it natively) or a path on the models PVC, mounted into the Pusher at
+    # kfp_models_mount (the PVC serving/k8s mounts read-only).
     kfp_serving_dir: str = "/models/big_tipper"
+    kfp_models_pvc: str = "ctpipe-models"
+    kfp_models_mount: str = "/models"
+    # KFP's ML Metadata (our resolver and span-selection steps query it).
+    kfp_mlmd_host: str = "metadata-grpc-service.kubeflow"
+    kfp_mlmd_port: int = 8080
     # Beam on the cluster: DirectRunner across the pod's cores unless an environment file says
     # otherwise (Flink/Spark via the portable runner, or Dataflow).
     kfp_beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [

@@ -51,7 +51,9 @@ FINAL_OUTCOMES = (PUSHED, DATA_BLOCKED, NOT_BLESSED, GAVE_UP)
 EXIT_CODES = {PUSHED: 0, FAILED: 1, DATA_BLOCKED: 3, NOT_BLESSED: 4, NO_NEW_DATA: 5, GAVE_UP: 6}
 NO_NEW_DATA_TYPE = "ctpipe.NoNewData"
 # Resolver nodes "fail" on an empty store (first cycle); that is not a failed cycle.
-NODES_ALLOWED_TO_FAIL = ("PreviousGateState", "LatestBlessedModel")
+NODES_ALLOWED_TO_FAIL = ("PreviousGateState", "LatestBlessedModel",
+                         "LatestBlessedModel-model-blessing-resolver",
+                         "LatestBlessedModel-model-resolver")
 
 
 @dataclasses.dataclass
@@ -167,8 +169,16 @@ def decision_for_run(record: RunRecord) -> Decision:
 
     examples = record.outputs.get("CsvExampleGen", {}).get("examples")
     span = _prop(examples, "span") if examples is not None else None
+    # Kubeflow runs start with SpanSelect (kubeflow/adapt.py): it names the span, or says that
+    # nothing is pending and every other step was skipped.
+    selection = record.outputs.get("SpanSelect", {}).get("selection")
+    if span is None and selection is not None and (_prop(selection, "span") or -1) >= 0:
+        span = _prop(selection, "span")
     base = dict(span=span, run_id=record.run_id, finished_at=record.finished_ms / 1000.0,
                 seconds=round((record.finished_ms - record.started_ms) / 1000.0, 1))
+    if selection is not None and not _prop(selection, "pending"):
+        return Decision(NO_NEW_DATA, model_version=None, metrics={}, training_spans=[],
+                        reasons=[str(_prop(selection, "reason") or "nothing pending")], **base)
     failed = [node for node, state in record.states.items()
               if state == mlmd_pb2.Execution.FAILED and node not in NODES_ALLOWED_TO_FAIL]
     if failed:

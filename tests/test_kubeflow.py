@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import json_format
 
 from ctpipe.kubeflow import client
-from ctpipe.kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline
+from ctpipe.kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline, load_documents
 from ctpipe.pipeline.config import PipelineConfig
 
 from tests.conftest import REPO, ctpipe
@@ -19,10 +19,94 @@ FLINK = REPO / "kubeflow" / "environments" / "flink.toml"
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
+    """The Vertex AI target: TFX's PipelineJob as compiled."""
     config = PipelineConfig.from_sources(str(FLINK))
-    out = tmp_path_factory.mktemp("kfp")
-    return config, compile_pipeline(config, str(out / "a.json")), \
-        compile_pipeline(config, str(out / "b.json"))
+    out = tmp_path_factory.mktemp("vertex")
+    return config, compile_pipeline(config, str(out / "a.json"), "vertex"), \
+        compile_pipeline(config, str(out / "b.json"), "vertex")
+
+
+@pytest.fixture(scope="module")
+def kfp_compiled(tmp_path_factory):
+    """The default target: open-source KFP 2.x YAML, compiled by the real CLI."""
+    out = tmp_path_factory.mktemp("kfp") / "ctpipe.yaml"
+    result = ctpipe("kubeflow", "compile", "--output", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), out
+
+
+def test_kfp_target_is_schema_2_1_with_container_executors_only(kfp_compiled):
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    summary, path = kfp_compiled
+    assert summary["target"] == "kfp" and summary["schema_version"] == "2.1.0"
+    assert summary["executor_kinds"] == ["container"]
+    spec, platform = load_documents(str(path))
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
+    text = path.read_text()
+    assert str(REPO) not in text and "schema.pbtxt\"" not in text  # no path of this machine
+    assert "resolver" not in {kind for e in spec["deploymentSpec"]["executors"].values()
+                              for kind in e}
+
+
+def test_the_real_kfp_sdk_loads_the_compiled_file(kfp_compiled):
+    from kfp import components
+
+    _, path = kfp_compiled
+    loaded = components.load_component_from_file(str(path))
+    assert loaded.pipeline_spec.schema_version == "2.1.0"
+    assert "SpanSelect" in loaded.pipeline_spec.root.dag.tasks
+
+
+def test_resolvers_become_steps_scoped_to_this_pipeline(kfp_compiled):
+    _, path = kfp_compiled
+    spec, _ = load_documents(str(path))
+    executors = spec["deploymentSpec"]["executors"]
+    for task, kind in (("PreviousGateState", "ledger"),
+                       ("LatestBlessedModel-model-blessing-resolver", "blessing"),
+                       ("LatestBlessedModel-model-resolver", "model")):
+        component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+        container = executors[spec["components"][component]["executorLabel"]]["container"]
+        assert container["command"] == ["python", "-m", "ctpipe.kubeflow.steps"]
+        assert container["args"][:3] == ["resolve", "--pipeline", "ctpipe"]
+        assert container["args"][container["args"].index("--kind") + 1] == kind
+
+
+def test_span_select_gates_every_step_and_feeds_example_gen(kfp_compiled):
+    _, path = kfp_compiled
+    spec, _ = load_documents(str(path))
+    tasks = spec["root"]["dag"]["tasks"]
+    for name, task in tasks.items():
+        if name == "SpanSelect":
+            continue
+        assert "SpanSelect" in task["dependentTasks"], name
+        key = "span_selection" if name == "DataGate" else "_SpanSelect.selection"
+        assert f"['{key}'].artifacts[0].metadata['pending'] == 1.0" in \
+            task["triggerPolicy"]["condition"], name
+    assert "metadata['accepted'] == 1.0" in tasks["Trainer"]["triggerPolicy"]["condition"]
+    assert tasks["CsvExampleGen"]["inputs"]["parameters"]["range_config"] == {
+        "taskOutputParameter": {"producerTask": "SpanSelect",
+                                "outputParameterKey": "range_config"}}
+    example_gen = spec["deploymentSpec"]["executors"]["CsvExampleGen_executor"]["container"]
+    assert "lifecycle" not in example_gen
+    assert spec["root"]["inputDefinitions"]["parameters"][DATA_ROOT_PARAMETER][
+        "defaultValue"] == PipelineConfig().kfp_data_root
+
+
+def test_pushes_reach_the_models_pvc_or_object_storage(kfp_compiled, tmp_path):
+    _, path = kfp_compiled
+    _, platform = load_documents(str(path))
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
+        "Pusher_executor"]["pvcMount"]
+    assert mounts == [{"mountPath": "/models", "constant": "ctpipe-models"}]
+    config = tmp_path / "gcs.toml"
+    config.write_text('kfp_serving_dir = "gs://bucket/models/big_tipper"\n')
+    documents = compile_pipeline(PipelineConfig.from_sources(str(config)),
+                                 str(tmp_path / "gcs.yaml"))
+    assert len(documents) == 1  # no mount needed
+    assert "gs://bucket/models/big_tipper" in json.dumps(
+        documents[0]["root"]["dag"]["tasks"]["Pusher"])
 
 
 def test_spec_is_a_real_pipeline_spec_and_deterministic(compiled):
@@ -222,9 +306,9 @@ def test_unreachable_host_is_one_line_exit_2():
     assert result.returncode == 2 and "unreachable" in result.stderr
 
 
-def test_compile_command_writes_the_spec(tmp_path):
+def test_compile_command_writes_the_vertex_spec(tmp_path):
     out = tmp_path / "spec.json"
-    result = ctpipe("kubeflow", "compile", "--output", str(out), "--json")
+    result = ctpipe("kubeflow", "compile", "--target", "vertex", "--output", str(out), "--json")
     assert result.returncode == 0, result.stderr
     assert "Trainer" in json.loads(result.stdout)["tasks"]
     assert json.loads(out.read_text())["pipelineSpec"]["pipelineInfo"]["name"] == "ctpipe"

@@ -1,0 +1,123 @@
+"""The compiled open-source-KFP spec runs: executed by tests/kfp_harness.py the way KFP's driver
+and launcher would, each step a subprocess of the *installed wheel* (not the checkout).
+
+Scenario: two scheduled runs in a row (the first pushes, the second is no_new_data); a span
+that breaks the contract skips Trainer, Evaluator and Pusher; a clean span after it trains
+without the blocked one."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from ctpipe.pipeline import outcomes
+
+from tests.kfp_harness import COMPLETE, SKIPPED, KfpHarness
+from tests.support import REPO, deliver
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """
+min_steps = 40
+max_steps = 80
+kfp_beam_pipeline_args = []
+"""
+GATED = ("Trainer", "Evaluator", "Pusher")
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory) -> Path:
+    """A fresh venv with the built wheel, reusing this interpreter's pinned stack (.pth)."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(root / "dist"), str(REPO)], check=True,
+                   capture_output=True)
+    [wheel] = (root / "dist").glob("ctpipe-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")],
+                   check=True)
+    python = root / "venv" / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; "
+                           "print(sysconfig.get_paths()['purelib'])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    Path(site, "ctpipe-pinned-stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", "--ignore-requires-python", str(wheel)], check=True,
+                   capture_output=True)
+    return root / "venv"
+
+
+@pytest.fixture(scope="module")
+def kfp_runs(tmp_path_factory, wheel_venv):
+    root = tmp_path_factory.mktemp("kfp-harness")
+    (root / "ctpipe.toml").write_text(CONFIG)
+    spec = root / "ctpipe.yaml"
+    compiled = subprocess.run([str(wheel_venv / "bin" / "ctpipe"), "kubeflow", "compile",
+                               "--config", str(root / "ctpipe.toml"), "--output", str(spec)],
+                              cwd=root, capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    models = root / "models-pvc"
+    harness = KfpHarness(spec, root / "kfp", str(wheel_venv / "bin" / "python"),
+                         mounts={"ctpipe-models": str(models)})
+    data = root / "data"
+    parameters = {"data-root": str(data)}
+    runs = {}
+    deliver(data, 1, 1)
+    runs["first"] = harness.run(parameters)
+    runs["again"] = harness.run(parameters)
+    deliver(data, 2, 2, "break_contract")
+    runs["blocked"] = harness.run(parameters)
+    deliver(data, 3, 3)
+    runs["clean"] = harness.run(parameters)
+    decisions = {d.run_id: d for d in outcomes.history(harness.store, "ctpipe")}
+    return runs, decisions, models / "big_tipper"
+
+
+def _explain(run):
+    return json.dumps({task: log[-800:] for task, log in run.logs.items()
+                       if run.states.get(task) != COMPLETE or "rror" in log})[:6000]
+
+
+def test_first_scheduled_run_pushes_to_the_models_pvc(kfp_runs):
+    runs, decisions, models = kfp_runs
+    run = runs["first"]
+    assert not run.failed, _explain(run)
+    assert all(run.states[task] == COMPLETE for task in GATED), run.states
+    decision = decisions[run.run_id]
+    assert decision.outcome == "pushed", decision.reasons
+    assert decision.span == 1 and decision.training_spans == [1]
+    assert (models / "1" / "saved_model.pb").is_file()
+
+
+def test_second_run_with_nothing_new_trains_nothing(kfp_runs):
+    runs, decisions, models = kfp_runs
+    run = runs["again"]
+    assert run.states["SpanSelect"] == COMPLETE, _explain(run)
+    assert {state for task, state in run.states.items() if task != "SpanSelect"} == {SKIPPED}
+    decision = decisions[run.run_id]
+    assert decision.outcome == "no_new_data", decision.reasons
+    assert "waiting for span 2" in decision.reasons[0]
+
+
+def test_a_contract_breaking_span_skips_trainer_evaluator_and_pusher(kfp_runs):
+    runs, decisions, _ = kfp_runs
+    run = runs["blocked"]
+    assert not run.failed, _explain(run)
+    assert run.states["DataGate"] == COMPLETE
+    assert all(run.states[task] == SKIPPED for task in GATED), run.states
+    decision = decisions[run.run_id]
+    assert decision.outcome == "data_blocked" and decision.span == 2
+
+
+def test_a_clean_span_after_it_trains_without_the_blocked_one(kfp_runs):
+    runs, decisions, models = kfp_runs
+    run = runs["clean"]
+    assert not run.failed, _explain(run)
+    decision = decisions[run.run_id]
+    assert decision.span == 3 and decision.outcome in ("pushed", "not_blessed"), decision.reasons
+    assert decision.training_spans == [1, 3]
+    assert decision.metrics["baseline"]["auc"] > 0  # compared with the model of run 1
+    assert decision.checks["warm_start"]["uri"]  # warm-started from it, found over MLMD
