@@ -21,7 +21,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from ctpipe.serving.model_config import versions_on_disk
+from ctpipe.components.layout import versions_on_disk
 
 INCOMING_PREFIX = ".incoming-"
 HIGH_WATER_FILE = ".ctpipe-high-water-version"

@@ -23,14 +23,16 @@ from ctpipe.pipeline.errors import BadInput
 DATA_ROOT_PARAMETER = "data-root"
 TARGETS = ("kfp", "vertex")
 # Any one of these keeps TFX from building an sdist of itself for every Beam step
-# (tfx/utils/dependency_utils.py); the image already holds everything.
+# (tfx/utils/dependency_utils.py); the image already holds everything. On Kubeflow the
+# container entrypoint always hands the executor a non-empty argument list (argv[0] is among
+# the "beam args"), so without one of these every Beam step would build it.
 BEAM_DEPENDENCY_FLAGS = ("--extra_package", "--setup_file", "--requirements_file",
                          "--sdk_container_image")
 
 
 def cluster_beam_args(config: PipelineConfig) -> List[str]:
     args = list(config.kfp_beam_pipeline_args)
-    if args and not any(arg.split("=")[0] in BEAM_DEPENDENCY_FLAGS for arg in args):
+    if not any(arg.split("=")[0] in BEAM_DEPENDENCY_FLAGS for arg in args):
         args.append(f"--sdk_container_image={config.image}")
     return args
 

@@ -208,12 +208,16 @@ def _recover(store, config: PipelineConfig, record: cycles.CycleRecord) -> Decis
 
 
 def settle(store, config: PipelineConfig) -> List[Decision]:
-    """Close stale RUNNING cycles, then give up on spans that used all their attempts.
+    """Close stale RUNNING cycles, remove half-copied pushes, then give up on spans that used
+    all their attempts.
     Call with the write lock held. Returns the gave_up decisions made."""
+    from ctpipe.components.atomic_pusher import remove_stale_incoming
+
     records = cycles.cycle_records(store, config.pipeline_name)
     for record in records:
         if record.running:
             cycles.finish_cycle(store, record.id, _recover(store, config, record))
+    remove_stale_incoming(config.serving_model_dir)  # a push killed mid-copy (never served)
     return give_up_exhausted(store, config)
 
 

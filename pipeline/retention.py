@@ -7,6 +7,8 @@ DELETED so no resolver hands them out again. Never removed, whatever their age:
     drift baseline and long reference, label-check reference: the last `window_spans + 1`
     accepted spans) and of quarantined spans (a release turns them back into training data);
   - the production model (newest blessed) and its warm-start parent.
+Cycle logs beyond the newest 10 x keep_cycles are removed too. ML Metadata records are kept
+(a few tens of kB per cycle); served versions are the release manifest's business.
 """
 from __future__ import annotations
 
@@ -73,8 +75,25 @@ def _output_artifacts(store, run_ids: Iterable[int]) -> List[mlmd_pb2.Artifact]:
     return store.get_artifacts_by_id(artifact_ids) if artifact_ids else []
 
 
+LOGS_PER_KEPT_CYCLE = 10  # cycle logs are small: keep 10x more of them than of artifacts
+
+
+def prune_logs(config: PipelineConfig) -> List[str]:
+    """Keep the newest `LOGS_PER_KEPT_CYCLE * keep_cycles` cycle logs (<home>/logs/span-N.log)."""
+    directory = os.path.join(config.home, "logs")
+    if not os.path.isdir(directory):
+        return []
+    logs = sorted((os.path.join(directory, name) for name in os.listdir(directory)
+                   if name.endswith(".log")), key=os.path.getmtime)
+    removed = logs[:-(LOGS_PER_KEPT_CYCLE * config.keep_cycles)]
+    for path in removed:
+        os.remove(path)
+    return removed
+
+
 def apply_retention(store, config: PipelineConfig) -> List[str]:
     """Remove what the policy allows; returns the removed URIs."""
+    prune_logs(config)
     runs = pipeline_runs(store, config.pipeline_name)
     old = runs[:-config.keep_cycles] if len(runs) > config.keep_cycles else []
     if not old:

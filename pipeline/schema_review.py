@@ -6,6 +6,7 @@ payment type, a new column) this diff shows what to update in the contract by ha
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import List, Optional
 
 from ctpipe.components.curated_schema import load_contract
@@ -44,6 +45,16 @@ def diff_schemas(curated, inferred) -> List[str]:
     return lines
 
 
+def csv_statistics(pattern: str):
+    """TFDV statistics of CSV files. TFDV's default output folder is a new one in the system
+    temp dir that nobody removes; this one is."""
+    import tensorflow_data_validation as tfdv
+
+    with tempfile.TemporaryDirectory() as scratch:
+        return tfdv.generate_statistics_from_csv(
+            pattern, output_path=os.path.join(scratch, "stats.tfrecord"))
+
+
 def schema_diff(config: PipelineConfig, span: Optional[int] = None) -> List[str]:
     import tensorflow_data_validation as tfdv
 
@@ -51,7 +62,7 @@ def schema_diff(config: PipelineConfig, span: Optional[int] = None) -> List[str]
     chosen = span if span is not None else max(spans)
     span_dir = os.path.join(config.data_root, f"span-{chosen}")
     check_span(chosen, span_dir)
-    statistics = tfdv.generate_statistics_from_csv(os.path.join(span_dir, "*"))
+    statistics = csv_statistics(os.path.join(span_dir, "*"))
     inferred = tfdv.infer_schema(statistics)
     curated = load_contract(config.schema_path)
     return [f"span {chosen}: {line}" for line in diff_schemas(curated, inferred)]

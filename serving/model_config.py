@@ -29,17 +29,6 @@ class ModelSpecConfig:
         return sorted(on_disk)[-self.latest_versions:] if on_disk else []
 
 
-def versions_on_disk(base_path: str) -> List[int]:
-    """TF Serving's model layout: every integer-named directory under the base path is a version
-    (other names - e.g. the Pusher's hidden .incoming-* copies - are ignored)."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.isdir(base_path):
-        return []
-    return sorted(int(name.strip("/")) for name in tf.io.gfile.listdir(base_path)
-                  if name.strip("/").isdigit())
-
-
 def parse_models(text: str) -> List[ModelSpecConfig]:
     try:
         config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())

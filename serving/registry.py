@@ -14,8 +14,9 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from ctpipe.components.layout import versions_on_disk
 from ctpipe.pipeline.errors import ServingError
-from ctpipe.serving.model_config import ModelSpecConfig, parse_models, versions_on_disk
+from ctpipe.serving.model_config import ModelSpecConfig, parse_models
 from ctpipe.serving.servables import Servable
 
 # tensorflow.serving.ModelVersionStatus.State values

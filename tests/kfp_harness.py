@@ -109,6 +109,8 @@ class KfpHarness:
         self.env, self.timeout = env or {}, timeout
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "work").mkdir(exist_ok=True)
+        self.temp_dir = self.root / "pod-tmp"  # the steps' temp dir, to see what they leave
+        self.temp_dir.mkdir(exist_ok=True)
         self.store = open_store(sqlite_connection(self.mlmd_path))
         self.runs = 0
 
@@ -261,7 +263,7 @@ class KfpHarness:
         command = [self.python if part == "python" else part for part in container["command"]]
         args = [part.replace("{{$}}", serialized) for part in container.get("args", [])]
         env = dict(os.environ, CTPIPE_MLMD_SQLITE=self.mlmd_path, TF_CPP_MIN_LOG_LEVEL="3",
-                   **self.env)
+                   TMPDIR=str(self.temp_dir), **self.env)
         env.pop("PYTHONPATH", None)
         done = subprocess.run(command + args, cwd=self.root / "work", env=env,
                               capture_output=True, text=True, timeout=self.timeout)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from ctpipe.components import atomic_pusher as ap
-from ctpipe.serving.model_config import versions_on_disk
+from ctpipe.components.layout import versions_on_disk
 
 
 @pytest.fixture()
@@ -74,3 +74,16 @@ def test_killed_push_leaves_no_version_and_is_cleaned_up(model_dir, tmp_path):
     assert all(name.startswith(ap.INCOMING_PREFIX) for name in leftovers)
     assert ap.publish_atomically(str(model_dir), str(base)) == 1
     assert not [n for n in os.listdir(base) if n.startswith(ap.INCOMING_PREFIX)]
+
+
+def test_the_next_cycle_removes_what_a_killed_push_left(tmp_path):
+    from ctpipe.pipeline.config import PipelineConfig
+    from ctpipe.pipeline.local_runner import settle
+    from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+
+    config = PipelineConfig(home=str(tmp_path / "home"), data_root=str(tmp_path))
+    base = tmp_path / "home" / "serving" / config.model_name
+    (base / ".incoming-3-deadbeef" / "variables").mkdir(parents=True)
+    (base / "2").mkdir()
+    settle(open_store(sqlite_connection(str(tmp_path / "m.sqlite"))), config)
+    assert sorted(p.name for p in base.iterdir()) == ["2"]

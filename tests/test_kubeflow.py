@@ -312,3 +312,14 @@ def test_compile_command_writes_the_vertex_spec(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Trainer" in json.loads(result.stdout)["tasks"]
     assert json.loads(out.read_text())["pipelineSpec"]["pipelineInfo"]["name"] == "ctpipe"
+
+
+def test_no_beam_step_builds_a_tfx_sdist_on_the_cluster(kfp_compiled):
+    """The KFP entrypoint passes argv[0] on as a Beam arg, so TFX would build and ship an sdist
+    of itself in every Beam step unless a dependency flag is there."""
+    _, path = kfp_compiled
+    spec, _ = load_documents(str(path))
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        if "kubeflow_v2_run_executor" in " ".join(container["command"]):
+            assert "--sdk_container_image=ghcr.io/example/ctpipe:0.1.0" in container["args"], label

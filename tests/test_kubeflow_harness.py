@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,9 @@ def wheel_venv(tmp_path_factory) -> Path:
                     "--no-build-isolation", "-w", str(root / "dist"), str(REPO)], check=True,
                    capture_output=True)
     [wheel] = (root / "dist").glob("ctpipe-*.whl")
+    with zipfile.ZipFile(wheel) as archive:  # pip install puts only ctpipe into site-packages
+        assert {name.split("/")[0] for name in archive.namelist()
+                if not name.split("/")[0].endswith(".dist-info")} == {"ctpipe"}
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")],
                    check=True)
     python = root / "venv" / "bin" / "python"
@@ -73,6 +77,7 @@ def kfp_runs(tmp_path_factory, wheel_venv):
     deliver(data, 3, 3)
     runs["clean"] = harness.run(parameters)
     decisions = {d.run_id: d for d in outcomes.history(harness.store, "ctpipe")}
+    runs["sdists"] = sorted(str(p) for p in harness.temp_dir.rglob("tfx_ephemeral*"))
     return runs, decisions, models / "big_tipper"
 
 
@@ -121,3 +126,8 @@ def test_a_clean_span_after_it_trains_without_the_blocked_one(kfp_runs):
     assert decision.training_spans == [1, 3]
     assert decision.metrics["baseline"]["auc"] > 0  # compared with the model of run 1
     assert decision.checks["warm_start"]["uri"]  # warm-started from it, found over MLMD
+
+
+def test_no_step_built_a_tfx_sdist(kfp_runs):
+    runs, _, _ = kfp_runs
+    assert runs["sdists"] == []
