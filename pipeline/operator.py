@@ -8,9 +8,11 @@ with a gate.
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from ctpipe.components.ledger import Ledger
 from ctpipe.pipeline import cycles, ledger_store
 from ctpipe.pipeline.config import PipelineConfig
 from ctpipe.pipeline.errors import BadInput
@@ -55,14 +57,22 @@ def _models_trained_on(store, span: int) -> List[str]:
     return [model.uri for model in models if span in model_training_spans(model.uri)]
 
 
-def quarantine_add(config: PipelineConfig, span: int, reason: str,
-                   progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    config = absolute(config)
+@contextlib.contextmanager
+def _ledger_change(config: PipelineConfig, reason: str,
+                   progress: Optional[Callable[[str], None]]) -> Iterator[Tuple[Any, Ledger]]:
+    """(store, latest ledger) while holding the home's write lock, for one recorded change."""
     if not reason.strip():
         raise BadInput("--reason must say why (it is recorded with the action)")
     with write_lock(config.home, LOCK_WAIT_SECONDS, progress):
         store = _store(config)
         ledger, _ = ledger_store.latest_ledger(store, config.pipeline_name)
+        yield store, ledger
+
+
+def quarantine_add(config: PipelineConfig, span: int, reason: str,
+                   progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    config = absolute(config)
+    with _ledger_change(config, reason, progress) as (store, ledger):
         if span in ledger.quarantined_spans():
             raise BadInput(f"span {span} is already quarantined")
         was_accepted = span in ledger.accepted_spans()
@@ -88,11 +98,7 @@ def quarantine_add(config: PipelineConfig, span: int, reason: str,
 def quarantine_release(config: PipelineConfig, span: int, reason: str,
                        progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     config = absolute(config)
-    if not reason.strip():
-        raise BadInput("--reason must say why (it is recorded with the action)")
-    with write_lock(config.home, LOCK_WAIT_SECONDS, progress):
-        store = _store(config)
-        ledger, _ = ledger_store.latest_ledger(store, config.pipeline_name)
+    with _ledger_change(config, reason, progress) as (store, ledger):
         entry = ledger.entry(span)
         if span not in ledger.quarantined_spans():
             raise BadInput(f"span {span} is not quarantined "

@@ -171,13 +171,16 @@ class KfpHarness:
             item["id"] = artifact_id
 
     # -- one run -----------------------------------------------------------------------------
-    def _mounted(self, task_component: Dict[str, Any], text: str) -> str:
+    def _map_mounts(self, task_component: Dict[str, Any], text: str, into_pod: bool) -> str:
+        """The platform spec's PVC mounts, as local folders: paths in what the pod reads are
+        mapped to them (into_pod), paths in what it wrote mapped back to the pod's view."""
         label = task_component["executorLabel"]
         executors = self.platform.get("platforms", {}).get("kubernetes", {}).get(
             "deploymentSpec", {}).get("executors", {})
         for mount in executors.get(label, {}).get("pvcMount", []):
-            local = self.mounts[mount["constant"]]
-            text = text.replace(mount["mountPath"].rstrip("/") + "/", local.rstrip("/") + "/")
+            pod = mount["mountPath"].rstrip("/") + "/"
+            local = self.mounts[mount["constant"]].rstrip("/") + "/"
+            text = text.replace(pod, local) if into_pod else text.replace(local, pod)
         return text
 
     def run(self, parameters: Optional[Dict[str, Any]] = None) -> RunResult:
@@ -258,7 +261,7 @@ class KfpHarness:
                                for key, path in parameter_files.items()},
                 "outputFile": str(output_file)},
         }
-        serialized = self._mounted(component, json.dumps(executor_input))
+        serialized = self._map_mounts(component, json.dumps(executor_input), into_pod=True)
         container = executor["container"]
         command = [self.python if part == "python" else part for part in container["command"]]
         args = [part.replace("{{$}}", serialized) for part in container.get("args", [])]
@@ -272,7 +275,8 @@ class KfpHarness:
             self._record(name, pb.Execution.FAILED, artifacts, {}, contexts)
             return FAILED
         if output_file.exists():
-            executor_output = json.loads(self._unmounted(component, output_file.read_text()))
+            executor_output = json.loads(self._map_mounts(component, output_file.read_text(),
+                                                           into_pod=False))
             for key, listed in executor_output.get("artifacts", {}).items():
                 if key in outputs:
                     declared = outputs[key][0]
@@ -288,13 +292,3 @@ class KfpHarness:
         self._record(name, pb.Execution.COMPLETE, artifacts, outputs, contexts)
         produced[name] = outputs
         return COMPLETE
-
-    def _unmounted(self, task_component: Dict[str, Any], text: str) -> str:
-        """Paths written inside the mount are kept as the pod saw them."""
-        label = task_component["executorLabel"]
-        executors = self.platform.get("platforms", {}).get("kubernetes", {}).get(
-            "deploymentSpec", {}).get("executors", {})
-        for mount in executors.get(label, {}).get("pvcMount", []):
-            local = self.mounts[mount["constant"]]
-            text = text.replace(local.rstrip("/") + "/", mount["mountPath"].rstrip("/") + "/")
-        return text

@@ -62,13 +62,17 @@ def _arrive(run: LongRun, span: int, corruption: str = "") -> None:
     deliver(run.data_root, (span - 1) % 16 + 1, span, _corruption(span, corruption))
 
 
-def _production_preprocessing(run: LongRun) -> Path:
-    """The production model's warm-start state (the next Trainer reads it)."""
+def _break_production_state(run: LongRun):
+    """A disk fault: the production model's warm-start state (the next Trainer reads it)
+    becomes unreadable. Returns the repair."""
     from ctpipe.pipeline.outcomes import open_store, sqlite_connection
     from ctpipe.pipeline.retention import production_model
 
     store = open_store(sqlite_connection(str(run.home / "metadata.sqlite")))
-    return Path(production_model(store).uri) / "warm_start" / "preprocessing.json"
+    state_file = Path(production_model(store).uri) / "warm_start" / "preprocessing.json"
+    saved = state_file.read_text()
+    state_file.write_text("{not json")
+    return lambda: state_file.write_text(saved)
 
 
 def _decisions(lines: str) -> List[dict]:
@@ -140,20 +144,16 @@ def run_long_scenario(root: Path) -> LongRun:
     # 11: the production model's warm-start state is unreadable for one cycle (a disk fault):
     # the cycle fails, the span stays pending, the next run (fault repaired) decides it.
     _arrive(run, 11)
-    state_file = _production_preprocessing(run)
-    saved = state_file.read_text()
-    state_file.write_text("{not json")
+    repair = _break_production_state(run)
     cycle("failing")
-    state_file.write_text(saved)
+    repair()
     cycle("after_failing")
     # 12: the same fault twice in a row: after max_attempts (2) the span is given up.
     _arrive(run, 12)
-    state_file = _production_preprocessing(run)
-    saved = state_file.read_text()
-    state_file.write_text("{not json")
+    repair = _break_production_state(run)
     cycle("failing_again")
     cycle("gave_up")
-    state_file.write_text(saved)
+    repair()
     _arrive(run, 13)
     cycle("after_gave_up")
     # Bad data found after the fact: span 9 leaves all future windows and warm starts.
