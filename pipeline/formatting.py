@@ -24,7 +24,8 @@ def format_decision(decision) -> str:
         "gave_up": "GAVE UP - span quarantined after repeated failures, production unchanged",
     }[decision.outcome.value]
     attempt = f" (attempt {decision.attempt})" if (decision.attempt or 1) > 1 else ""
-    lines = [f"span {decision.span}: {headline}{attempt}"]
+    subject = f"span {decision.span}" if decision.span is not None else "no pending span"
+    lines = [f"{subject}: {headline}{attempt}"]
     lines += [f"  why: {reason}" for reason in decision.reasons]
     labels = decision.checks.get("labels")
     if labels and labels.get("production_auc_on_span") is not None:

@@ -2,9 +2,10 @@
 
 Why MLMD and not a side file: the artifacts the components wrote (the gate's ledger properties,
 the Evaluator's blessing and evaluation, the Pusher's pushed version) *are* the decision; a JSON
-file written beside them could disagree. `ctpipe run` and `ctpipe status` both call
-`decision_for_run`, so the printed decision and the history are the same computation. The one
-cycle that runs no pipeline (nothing new) is recorded as an execution of type ctpipe.NoNewData.
+file written beside them could disagree. The local runner computes each decision once with
+`decision_for_run` and records it with its cycle (pipeline/cycles.py), so `ctpipe run` and
+`ctpipe status` print the same thing; on Kubeflow, `history` derives every run's decision from
+its artifacts the same way.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ PUSHED, DATA_BLOCKED, NOT_BLESSED, GAVE_UP, NO_NEW_DATA, FAILED = (
 FINAL_OUTCOMES = (PUSHED, DATA_BLOCKED, NOT_BLESSED, GAVE_UP)
 # The process exit code of `ctpipe run` for each outcome (README: "Exit codes").
 EXIT_CODES = {PUSHED: 0, FAILED: 1, DATA_BLOCKED: 3, NOT_BLESSED: 4, NO_NEW_DATA: 5, GAVE_UP: 6}
-NO_NEW_DATA_TYPE = "ctpipe.NoNewData"
+NO_NEW_DATA_TYPE = "ctpipe.NoNewData"  # how homes made before pipeline/cycles.py recorded it
 # Resolver nodes "fail" on an empty store (first cycle); that is not a failed cycle.
 NODES_ALLOWED_TO_FAIL = ("PreviousGateState", "LatestBlessedModel",
                          "LatestBlessedModel-model-blessing-resolver",
@@ -249,17 +250,6 @@ def pipeline_runs(store: mlmd.MetadataStore, pipeline_name: str) -> List[mlmd_pb
     return sorted(runs, key=lambda c: c.id)
 
 
-def record_no_new_data(store: mlmd.MetadataStore, decision: Decision) -> None:
-    try:
-        type_id = store.get_execution_type(NO_NEW_DATA_TYPE).id
-    except mlmd.errors.NotFoundError:
-        type_id = store.put_execution_type(mlmd_pb2.ExecutionType(name=NO_NEW_DATA_TYPE))
-    execution = mlmd_pb2.Execution(type_id=type_id,
-                                   last_known_state=mlmd_pb2.Execution.COMPLETE)
-    execution.custom_properties["decision"].string_value = json.dumps(decision.to_dict())
-    store.put_executions([execution])
-
-
 def history(store: mlmd.MetadataStore, pipeline_name: str) -> List[Decision]:
     """Every cycle, oldest first."""
     decisions = [decision_for_run(read_run(store, run, pipeline_name))
@@ -271,17 +261,6 @@ def history(store: mlmd.MetadataStore, pipeline_name: str) -> List[Decision]:
     except mlmd.errors.NotFoundError:
         pass
     return sorted(decisions, key=lambda d: d.finished_at or 0.0)
-
-
-def processed_spans(store: mlmd.MetadataStore, pipeline_name: str) -> List[int]:
-    """Spans some earlier cycle already decided on (accepted or quarantined)."""
-    spans = set()
-    for run in pipeline_runs(store, pipeline_name):
-        record = read_run(store, run, pipeline_name)
-        state = record.outputs.get("DataGate", {}).get("state")
-        if state is not None and _prop(state, "span") is not None:
-            spans.add(int(_prop(state, "span")))
-    return sorted(spans)
 
 
 def serving_version(decisions: List[Decision]) -> Optional[int]:
