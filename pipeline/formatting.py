@@ -77,10 +77,13 @@ def history_table(decisions: Sequence) -> str:
 
 def _headline_reason(decision) -> str:
     """The most specific reason: blocked and not-blessed decisions start with a summary line
-    ("span N quarantined", "candidate not blessed"); the first detail after it says why."""
+    ("span N quarantined", "candidate not blessed"); the first detail after it says why. A
+    failed cycle's last reason is the error itself."""
     reasons = decision.reasons
     if decision.outcome in ("data_blocked", "not_blessed") and len(reasons) > 1:
         return reasons[1]
+    if decision.outcome == "failed" and len(reasons) > 1:
+        return f"{reasons[0]}: {reasons[-1]}"
     return reasons[0] if reasons else ""
 
 
