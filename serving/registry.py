@@ -1,10 +1,13 @@
 """Which model versions are loaded, and the swap to new ones with no failed request.
 
-Like TF Serving's file-system source and manager: every poll lists the integer-named directories
-under each model's base path, picks the versions its policy wants (latest N, all, specific),
-loads and warms up new ones *before* they become AVAILABLE, and only then unloads versions the
-policy no longer wants. A request holds a reference to the servable it resolved, so in-flight
-requests finish on the old version while new requests go to the new one.
+Like TF Serving's file-system source and manager: every poll lists the all-digit directories
+under each model's base path ("00000123" is version 123), picks the versions its policy wants
+(latest N, all, specific), loads and warms up new ones *before* they become AVAILABLE, and only
+then unloads versions the policy no longer wants - and only once a wanted version is AVAILABLE,
+so a corrupt or half-copied newest version never takes serving down (its load is retried with
+back-off). A request holds a reference to the servable it resolved, so in-flight requests finish
+on the old version while new requests go to the new one. Each model's version map is guarded by
+a lock: the poller changes it while request threads read it.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from ctpipe.components.layout import versions_on_disk
+from ctpipe.components.layout import version_dirs
 from ctpipe.pipeline.errors import ServingError
 from ctpipe.serving.model_config import ModelSpecConfig, parse_models
 from ctpipe.serving.servables import Servable
@@ -25,6 +28,7 @@ STATE_NAMES = {0: "UNKNOWN", START: "START", LOADING: "LOADING", AVAILABLE: "AVA
                UNLOADING: "UNLOADING", END: "END"}
 
 log = logging.getLogger(__name__)
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 300.0
 
 
 @dataclasses.dataclass
@@ -34,16 +38,32 @@ class VersionStatus:
     error_code: str = "OK"
     error_message: str = ""
     servable: Optional[Servable] = None
+    failures: int = 0
+    retry_at: float = 0.0
 
 
 class ManagedModel:
     def __init__(self, spec: ModelSpecConfig):
         self.spec = spec
-        self.versions: Dict[int, VersionStatus] = {}
+        self._versions: Dict[int, VersionStatus] = {}
+        self._lock = threading.Lock()
 
     def available(self) -> Dict[int, Servable]:
-        return {v: s.servable for v, s in self.versions.items()
-                if s.state == AVAILABLE and s.servable is not None}
+        with self._lock:
+            return {v: s.servable for v, s in self._versions.items()
+                    if s.state == AVAILABLE and s.servable is not None}
+
+    def statuses(self) -> List[VersionStatus]:
+        with self._lock:
+            return list(self._versions.values())
+
+    def get(self, version: int) -> Optional[VersionStatus]:
+        with self._lock:
+            return self._versions.get(version)
+
+    def put(self, status: VersionStatus) -> None:
+        with self._lock:
+            self._versions[status.version] = status
 
 
 class ModelRegistry:
@@ -82,32 +102,41 @@ class ModelRegistry:
             self._sync(model)
 
     def _sync(self, model: ManagedModel) -> None:
-        wanted = set(model.spec.wanted_versions(versions_on_disk(model.spec.base_path)))
+        directories = version_dirs(model.spec.base_path)
+        wanted = set(model.spec.wanted_versions(sorted(directories)))
+        now = time.monotonic()
         for version in sorted(wanted):
-            current = model.versions.get(version)
-            if current is None or current.state == END and current.error_code == "OK":
-                self._load(model, version)
-        if not model.available() and wanted:
-            return  # never unload the last servable before a replacement is up
-        for version, status in list(model.versions.items()):
-            if version not in wanted and status.state == AVAILABLE:
+            current = model.get(version)
+            unloaded = current is not None and current.state == END and current.error_code == "OK"
+            retry = current is not None and current.error_code != "OK" and now >= current.retry_at
+            if current is None or unloaded or retry:
+                self._load(model, version, directories[version], current if retry else None)
+        if not set(model.available()) & wanted:
+            return  # keep what serves until a wanted version is AVAILABLE
+        for status in model.statuses():
+            if status.version not in wanted and status.state == AVAILABLE:
                 status.servable = None
                 status.state = END
-                self._on_event(f"unloaded {model.spec.name} version {version}")
+                self._on_event(f"unloaded {model.spec.name} version {status.version}")
 
-    def _load(self, model: ManagedModel, version: int) -> None:
-        status = VersionStatus(version=version, state=LOADING)
-        model.versions[version] = status
-        path = f"{model.spec.base_path.rstrip('/')}/{version}"
+    def _load(self, model: ManagedModel, version: int, directory: str,
+              failed: Optional[VersionStatus] = None) -> None:
+        status = VersionStatus(version=version, state=LOADING,
+                               failures=failed.failures if failed else 0)
+        model.put(status)
+        path = f"{model.spec.base_path.rstrip('/')}/{directory}"
         started = time.monotonic()
         try:
             servable = Servable(model.spec.name, version, path)
             replayed = servable.warm_up()
         except Exception as error:  # noqa: BLE001 - a broken version must not stop serving
-            status.state, status.error_code = END, "UNKNOWN"
+            status.failures += 1
+            delay = min(RETRY_FIRST_SECONDS * 2 ** (status.failures - 1), RETRY_MAX_SECONDS)
+            status.retry_at = time.monotonic() + delay
             status.error_message = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-            self._on_event(f"failed to load {model.spec.name} version {version}: "
-                           f"{status.error_message}")
+            status.state, status.error_code = END, "UNKNOWN"
+            self._on_event(f"failed to load {model.spec.name} version {version} (attempt "
+                           f"{status.failures}, retry in {delay:g}s): {status.error_message}")
             return
         status.servable, status.state = servable, AVAILABLE
         self._on_event(f"loaded {model.spec.name} version {version} in "
@@ -166,7 +195,7 @@ class ModelRegistry:
             if label not in model.spec.labels:
                 raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label}")
             version = model.spec.labels[label]
-        statuses = sorted(model.versions.values(), key=lambda s: -s.version)
+        statuses = sorted(model.statuses(), key=lambda s: -s.version)
         if version is not None:
             statuses = [s for s in statuses if s.version == version]
             if not statuses:
