@@ -132,6 +132,18 @@ class Invariants:
         return problems
 
 
+def wait_until(predicate, seconds: float = 30.0) -> bool:
+    """Poll `predicate` every 0.1 s until it is true (True) or `seconds` pass (False)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def wait_for_line(stream, needle: str, timeout: float, seen: Optional[List[str]] = None) -> bool:
     """Read lines from a subprocess pipe until one contains `needle` (True) or EOF/timeout."""
     import selectors

@@ -2,7 +2,6 @@
 labels from a model config file, reload, REST error bodies, size limit, metrics, binding."""
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -12,6 +11,8 @@ from ctpipe.components.atomic_pusher import publish_atomically
 from ctpipe.serving import model_config
 from ctpipe.serving.clients import GrpcClient, ServingClientError
 from ctpipe.serving.server import start_server
+
+from tests.support import wait_until
 
 pytestmark = pytest.mark.e2e
 MODEL = "big_tipper"
@@ -25,15 +26,6 @@ def _post(url, body: bytes, content_type="application/json"):
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def _wait(predicate, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture()
@@ -60,12 +52,12 @@ def test_new_push_swaps_in_without_failed_requests(versions, tmp_path):
     worker = threading.Thread(target=load)
     worker.start()
     try:
-        assert _wait(lambda: len(served) > 20)
+        assert wait_until(lambda: len(served) > 20)
         assert publish_atomically(str(versions / "2"), str(base)) == 2
-        assert _wait(lambda: [s["version"] for s in client.status()
+        assert wait_until(lambda: [s["version"] for s in client.status()
                               if s["state"] == "AVAILABLE"] == [2])
         before = len(served)
-        assert _wait(lambda: len(served) > before + 20)
+        assert wait_until(lambda: len(served) > before + 20)
     finally:
         stop.set()
         worker.join()

@@ -13,6 +13,7 @@ from ctpipe.serving.model_config import single_model
 from ctpipe.serving.registry import AVAILABLE, END, ManagedModel, VersionStatus
 from ctpipe.serving.server import start_server
 
+from tests.support import wait_until
 from tests.test_serving_any_model import Toy
 
 
@@ -23,15 +24,6 @@ def toy_model(tmp_path_factory):
     tf.saved_model.save(module, str(path),
                         signatures={"serving_default": module.predict.get_concrete_function()})
     return path
-
-
-def _wait(predicate, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _states(client):
@@ -58,13 +50,13 @@ def test_a_corrupt_newest_version_never_takes_serving_down(toy_model, tmp_path):
     try:
         (base / "8").mkdir()  # a half-copied or corrupt version appears
         (base / "8" / "saved_model.pb").write_bytes(b"not a SavedModel")
-        assert _wait(lambda: _states(client).get(8) == "END")
+        assert wait_until(lambda: _states(client).get(8) == "END")
         time.sleep(1.0)  # several polls with the broken version present
         assert _states(client)[7] == "AVAILABLE"
         shutil.rmtree(base / "8")  # repaired: the retry loads it, then 7 unloads
         shutil.copytree(toy_model, base / "8")
-        assert _wait(lambda: _states(client).get(8) == "AVAILABLE", 60)
-        assert _wait(lambda: _states(client).get(7) == "END")
+        assert wait_until(lambda: _states(client).get(8) == "AVAILABLE", 60)
+        assert wait_until(lambda: _states(client).get(7) == "END")
     finally:
         stop.set()
         worker.join()
