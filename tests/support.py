@@ -132,6 +132,36 @@ class Invariants:
         return problems
 
 
+class RequestLoad:
+    """Sends `call()` again and again from a thread while the `with` block runs: `served`
+    counts the answers, `failures` keeps every ServingClientError (a swap must leave none)."""
+
+    def __init__(self, call):
+        import threading
+
+        self.call, self.served, self.failures = call, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop)
+
+    def _loop(self) -> None:
+        from ctpipe.serving.clients import ServingClientError
+
+        while not self._stop.is_set():
+            try:
+                self.call()
+                self.served += 1
+            except ServingClientError as error:
+                self.failures.append(error)
+
+    def __enter__(self) -> "RequestLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def wait_until(predicate, seconds: float = 30.0) -> bool:
     """Poll `predicate` every 0.1 s until it is true (True) or `seconds` pass (False)."""
     import time

@@ -1,7 +1,6 @@
 """Local server behaviour beyond the client contract: hot swap under load, version policy and
 labels from a model config file, reload, REST error bodies, size limit, metrics, binding."""
 import json
-import threading
 import urllib.error
 import urllib.request
 
@@ -9,10 +8,10 @@ import pytest
 
 from ctpipe.components.atomic_pusher import publish_atomically
 from ctpipe.serving import model_config
-from ctpipe.serving.clients import GrpcClient, ServingClientError
+from ctpipe.serving.clients import GrpcClient
 from ctpipe.serving.server import start_server
 
-from tests.support import wait_until
+from tests.support import RequestLoad, wait_until
 
 pytestmark = pytest.mark.e2e
 MODEL = "big_tipper"
@@ -40,31 +39,19 @@ def test_new_push_swaps_in_without_failed_requests(versions, tmp_path):
                           rest_port=0, poll_seconds=0.2)
     client = GrpcClient(server.grpc_address, MODEL, retries=0)
     row = {"examples": [b""]}  # an empty tf.Example: every feature missing, still scored
-    failures, served, stop = [], [], threading.Event()
-
-    def load():
-        while not stop.is_set():
-            try:
-                client.predict(row, "serving_default")
-                served.append(1)
-            except ServingClientError as error:
-                failures.append(error)
-    worker = threading.Thread(target=load)
-    worker.start()
     try:
-        assert wait_until(lambda: len(served) > 20)
-        assert publish_atomically(str(versions / "2"), str(base)) == 2
-        assert wait_until(lambda: [s["version"] for s in client.status()
-                              if s["state"] == "AVAILABLE"] == [2])
-        before = len(served)
-        assert wait_until(lambda: len(served) > before + 20)
+        with RequestLoad(lambda: client.predict(row, "serving_default")) as load:
+            assert wait_until(lambda: load.served > 20)
+            assert publish_atomically(str(versions / "2"), str(base)) == 2
+            assert wait_until(lambda: [s["version"] for s in client.status()
+                                       if s["state"] == "AVAILABLE"] == [2])
+            before = load.served
+            assert wait_until(lambda: load.served > before + 20)
     finally:
-        stop.set()
-        worker.join()
         client.close()
         metrics = server.core.metrics.render()
         server.stop()
-    assert failures == []
+    assert load.failures == []
     assert 'version="2",API="predict"' in metrics and 'version="1",API="predict"' in metrics
 
 

@@ -8,12 +8,12 @@ import time
 import pytest
 import tensorflow as tf
 
-from ctpipe.serving.clients import GrpcClient, ServingClientError
+from ctpipe.serving.clients import GrpcClient
 from ctpipe.serving.model_config import single_model
 from ctpipe.serving.registry import AVAILABLE, END, ManagedModel, VersionStatus
 from ctpipe.serving.server import start_server
 
-from tests.support import wait_until
+from tests.support import RequestLoad, wait_until
 from tests.test_serving_any_model import Toy
 
 
@@ -36,33 +36,21 @@ def test_a_corrupt_newest_version_never_takes_serving_down(toy_model, tmp_path):
     server = start_server(single_model("toy", str(base)), grpc_port=0, rest_port=0,
                           poll_seconds=0.2)
     client = GrpcClient(server.grpc_address, "toy", retries=0)
-    failures, served, stop = [], [], threading.Event()
-
-    def load():
-        while not stop.is_set():
-            try:
-                client.predict({"x": [1.0]})
-                served.append(1)
-            except ServingClientError as error:
-                failures.append(error)
-    worker = threading.Thread(target=load)
-    worker.start()
     try:
-        (base / "8").mkdir()  # a half-copied or corrupt version appears
-        (base / "8" / "saved_model.pb").write_bytes(b"not a SavedModel")
-        assert wait_until(lambda: _states(client).get(8) == "END")
-        time.sleep(1.0)  # several polls with the broken version present
-        assert _states(client)[7] == "AVAILABLE"
-        shutil.rmtree(base / "8")  # repaired: the retry loads it, then 7 unloads
-        shutil.copytree(toy_model, base / "8")
-        assert wait_until(lambda: _states(client).get(8) == "AVAILABLE", 60)
-        assert wait_until(lambda: _states(client).get(7) == "END")
+        with RequestLoad(lambda: client.predict({"x": [1.0]})) as load:
+            (base / "8").mkdir()  # a half-copied or corrupt version appears
+            (base / "8" / "saved_model.pb").write_bytes(b"not a SavedModel")
+            assert wait_until(lambda: _states(client).get(8) == "END")
+            time.sleep(1.0)  # several polls with the broken version present
+            assert _states(client)[7] == "AVAILABLE"
+            shutil.rmtree(base / "8")  # repaired: the retry loads it, then 7 unloads
+            shutil.copytree(toy_model, base / "8")
+            assert wait_until(lambda: _states(client).get(8) == "AVAILABLE", 60)
+            assert wait_until(lambda: _states(client).get(7) == "END")
     finally:
-        stop.set()
-        worker.join()
         client.close()
         server.stop()
-    assert failures == [] and len(served) > 10
+    assert load.failures == [] and load.served > 10
 
 
 def test_all_digit_directory_names_are_versions(toy_model, tmp_path):
