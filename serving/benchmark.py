@@ -1,17 +1,34 @@
-"""Predict latency of the local server, batch 1, gRPC and REST (p50/p99 over N requests).
+"""Serving speed: the in-process SavedModel signature call (the limit) against our gRPC and REST
+endpoints, at batch 1 and 32, 1 and 8 concurrent clients, on loopback.
 
-Usage: python -m ctpipe.serving.benchmark --model-base-path HOME/serving/big_tipper [--requests 500]
+Usage: python -m ctpipe.serving.benchmark --model-base-path HOME/serving/big_tipper
+           [--requests 400] [--quick] [--json-out FILE]
        python -m ctpipe.serving.benchmark --grpc host:8500 --rest http://host:8501
-       (a running server, e.g. a real TF Serving)
-Prints figures only; latency goals are read here, not asserted in tests.
+           [--model-base-path DIR]   (a running server, e.g. a real TF Serving; the in-process
+                                      rows need the model's files)
+
+Each cell sends a fixed number of requests (--requests, split over the cell's threads; each
+thread has its own channel / HTTP connection) after a short warm-up, and reports requests/s,
+rows/s, p50 and p99 latency. Targets: gRPC >= 0.8x the in-process rate at batch 32, gRPC p99 <=
+10 ms at batch 1, REST within 1.5x of gRPC. It prints figures only and asserts nothing.
+
+Rows (--targets):
+  inproc   the signature's ConcreteFunction on ready tf.constant tensors: the limit
+  servable Servable.predict on Python lists (the server's input conversion + the call)
+  grpc     PredictionService/Predict with a ready PredictRequest; the reply decoded to numpy
+  rest     POST :predict with a ready JSON body (row "instances" by default); reply parsed
+With --clients the grpc/rest rows use ctpipe's GrpcClient/RestClient instead (request encoding
+in the loop, as an application would pay it).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import sys
+import threading
 import time
-from typing import Callable, List
+from typing import Any, Callable, Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -20,55 +37,357 @@ ROW = {"fare": [12.5], "trip_miles": [2.0], "trip_seconds": [600.0], "pickup_lat
        "trip_start_hour": [19], "trip_start_day": [6], "trip_start_month": [5],
        "pickup_community_area": [8], "dropoff_community_area": [32],
        "dropoff_census_tract": [-1], "payment_type": ["Credit Card"], "company": [""]}
+RAW = "serving_raw"
+EXAMPLES = "serving_default"
+TARGETS = ("inproc", "servable", "grpc", "rest")
 
 
-def measure(call: Callable[[], object], requests: int, warmup: int = 20) -> List[float]:
-    for _ in range(warmup):
-        call()
-    timings = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        call()
-        timings.append((time.perf_counter() - started) * 1000)
-    return timings
+# -- request payloads ---------------------------------------------------------------------------
+def raw_columns(batch: int) -> Dict[str, List[Any]]:
+    """`batch` rows of raw features, columnar; rows differ a little (fare, hour)."""
+    columns = {key: value * batch for key, value in ROW.items()}
+    columns["fare"] = [5.0 + 0.5 * i for i in range(batch)]
+    columns["trip_start_hour"] = [i % 24 for i in range(batch)]
+    return columns
 
 
-def report(name: str, timings: List[float]) -> None:
-    ordered = sorted(timings)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
-    print(f"{name:<5} batch 1: p50 {statistics.median(ordered):6.2f} ms   p99 {p99:6.2f} ms   "
-          f"({len(ordered)} requests, {1000 * len(ordered) / sum(ordered):.0f} req/s serial)")
+def serialized_examples(batch: int) -> List[bytes]:
+    """The same rows as tf.Examples the way CsvExampleGen writes them (missing values absent)."""
+    from ctpipe.serving.json_codec import examples_from_json
+
+    columns = raw_columns(batch)
+    rows = [{key: (int(values[i]) if key == "trip_seconds" else values[i])
+             for key, values in columns.items() if values[i] not in ("", -1)}
+            for i in range(batch)]
+    return examples_from_json({"examples": rows})
 
 
-def main() -> None:
+def payload(signature: str, batch: int) -> Dict[str, List[Any]]:
+    return raw_columns(batch) if signature == RAW else \
+        {"examples": serialized_examples(batch)}
+
+
+# -- one call per target -------------------------------------------------------------------------
+class Setup:
+    """What the calls need: the servable (in-process rows) and the endpoints."""
+
+    def __init__(self, args):
+        self.args = args
+        self.servable = None
+        if args.model_base_path:
+            from ctpipe.serving.servables import Servable
+
+            base = os.path.abspath(args.model_base_path)
+            version = max(int(n) for n in os.listdir(base) if n.isdigit())
+            self.servable = Servable(args.model_name, version, os.path.join(base, str(version)))
+
+    def caller(self, target: str, signature: str, batch: int) -> Callable[[], Callable[[], Any]]:
+        """A factory: each thread calls it once for its own client, then loops on the call."""
+        inputs = payload(signature, batch)
+        if target == "inproc":
+            import tensorflow as tf
+
+            signature_def, function = self.servable.signature(signature)
+            tensors = {alias: tf.constant(values, dtype=tf.dtypes.as_dtype(
+                signature_def.inputs[alias].dtype)) for alias, values in
+                {k: [v.encode() if isinstance(v, str) else v for v in vs]
+                 for k, vs in inputs.items()}.items()}
+            return lambda: (lambda: {k: v.numpy() for k, v in function(**tensors).items()})
+        if target == "servable":
+            return lambda: (lambda: self.servable.predict(signature, inputs))
+        if self.args.clients:
+            return self._client_caller(target, signature, inputs)
+        if target == "grpc":
+            return self._grpc_caller(signature, inputs)
+        return self._rest_caller(signature, inputs, batch)
+
+    def _client_caller(self, target, signature, inputs):
+        from ctpipe.serving.clients import GrpcClient, RestClient
+
+        def make():
+            client = GrpcClient(self.args.grpc, self.args.model_name) if target == "grpc" else \
+                RestClient(self.args.rest, self.args.model_name)
+            client.predict(inputs, signature)  # metadata lookups out of the timed loop
+            return lambda: client.predict(inputs, signature)
+        return make
+
+    def _grpc_caller(self, signature, inputs):
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.args.model_name
+        request.model_spec.signature_name = signature
+        dtypes = self._input_dtypes(signature)
+        for alias, values in inputs.items():
+            values = [v.encode() if isinstance(v, str) else v for v in values]
+            request.inputs[alias].CopyFrom(tf.make_tensor_proto(values, dtype=dtypes.get(alias)))
+
+        def make():
+            channel = grpc.insecure_channel(self.args.grpc)
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            return lambda: {k: tf.make_ndarray(v) for k, v in
+                            stub.Predict(request, timeout=30).outputs.items()}
+        return make
+
+    def _input_dtypes(self, signature) -> Dict[str, Any]:
+        import tensorflow as tf
+
+        if self.servable is not None:
+            return {alias: tf.dtypes.as_dtype(info.dtype) for alias, info in
+                    self.servable.signature(signature)[0].inputs.items()}
+        from tensorflow.core.framework import types_pb2
+
+        from ctpipe.serving.clients import GrpcClient
+
+        client = GrpcClient(self.args.grpc, self.args.model_name)
+        described = client.metadata()[signature]["inputs"]
+        client.close()
+        return {alias: tf.dtypes.as_dtype(types_pb2.DataType.Value(name))
+                for alias, name in described.items()}
+
+    def _rest_caller(self, signature, inputs, batch):
+        import base64
+        import http.client
+        from urllib.parse import urlsplit
+
+        def encode(value):
+            return {"b64": base64.b64encode(value).decode()} if isinstance(value, bytes) \
+                else value
+        if self.args.rest_format == "row":
+            body = {"signature_name": signature, "instances": [
+                {alias: encode(values[i]) for alias, values in inputs.items()}
+                for i in range(batch)]}
+        else:
+            body = {"signature_name": signature,
+                    "inputs": {alias: [encode(v) for v in values]
+                               for alias, values in inputs.items()}}
+        data = json.dumps(body).encode()
+        url = urlsplit(self.args.rest)
+        path = f"/v1/models/{self.args.model_name}:predict"
+        headers = {"Content-Type": "application/json"}
+
+        def make():
+            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+
+            def call():
+                connection.request("POST", path, body=data, headers=headers)
+                response = connection.getresponse()
+                reply = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"REST {response.status}: {reply[:200]!r}")
+                return json.loads(reply)
+            return call
+        return make
+
+
+# -- measuring ------------------------------------------------------------------------------------
+def run_cell(make_call: Callable[[], Callable[[], Any]], requests: int, concurrency: int,
+             warmup: int) -> Dict[str, float]:
+    """`requests` calls split over `concurrency` threads, each with its own client."""
+    per_thread = [requests // concurrency + (1 if i < requests % concurrency else 0)
+                  for i in range(concurrency)]
+    timings: List[List[float]] = [[] for _ in range(concurrency)]
+    errors: List[BaseException] = []
+    ready = threading.Barrier(concurrency + 1)
+    calls = [make_call() for _ in range(concurrency)]
+
+    def worker(index: int) -> None:
+        call, own = calls[index], timings[index]
+        try:
+            for _ in range(warmup):
+                call()
+        except BaseException as error:  # noqa: BLE001 - reported after the cell
+            errors.append(error)
+        ready.wait()
+        if errors:
+            return
+        try:
+            for _ in range(per_thread[index]):
+                started = time.perf_counter()
+                call()
+                own.append((time.perf_counter() - started) * 1000)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+               for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{type(errors[0]).__name__}: {errors[0]}")
+    ordered = sorted(t for own in timings for t in own)
+    return {"requests": len(ordered), "seconds": wall, "qps": len(ordered) / wall,
+            "p50_ms": percentile(ordered, 0.50), "p99_ms": percentile(ordered, 0.99)}
+
+
+def percentile(ordered: List[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def cells(args, targets: List[str]):
+    for signature, batches in ((RAW, args.batches), (EXAMPLES, args.example_batches)):
+        for batch in batches:
+            for concurrency in args.concurrency:
+                for target in targets:
+                    if signature == EXAMPLES and target == "servable":
+                        continue
+                    yield signature, batch, concurrency, target
+
+
+# -- report ---------------------------------------------------------------------------------------
+def find(results, target, signature, batch, concurrency) -> Optional[Dict[str, Any]]:
+    for cell in results:
+        if (cell["target"], cell["signature"], cell["batch"], cell["concurrency"]) == \
+                (target, signature, batch, concurrency):
+            return cell
+    return None
+
+
+def ratios(results, args) -> List[Dict[str, Any]]:
+    """The figures the targets talk about, one entry per (signature, batch, concurrency)."""
+    out = []
+
+    def add(name, value, target, comparison):
+        if value is not None:
+            met = value >= target if comparison == ">=" else value <= target
+            out.append({"name": name, "value": value, "target": f"{comparison} {target}",
+                        "met": met})
+    for signature in (RAW, EXAMPLES):
+        for concurrency in args.concurrency:
+            if 32 in (args.batches if signature == RAW else args.example_batches):
+                grpc, inproc = (find(results, t, signature, 32, concurrency)
+                                for t in ("grpc", "inproc"))
+                if grpc and inproc:
+                    add(f"gRPC / in-process rate, {signature} batch 32, c{concurrency}",
+                        grpc["qps"] / inproc["qps"], 0.8, ">=")
+        if signature == RAW and 1 in args.batches:
+            for concurrency in args.concurrency:
+                grpc = find(results, "grpc", RAW, 1, concurrency)
+                if grpc:
+                    add(f"gRPC p99 ms, {RAW} batch 1, c{concurrency}", grpc["p99_ms"], 10.0,
+                        "<=")
+    for batch in args.batches:
+        for concurrency in args.concurrency:
+            grpc, rest = (find(results, t, RAW, batch, concurrency) for t in ("grpc", "rest"))
+            if grpc and rest:
+                add(f"REST / gRPC p50 latency, batch {batch}, c{concurrency}",
+                    rest["p50_ms"] / grpc["p50_ms"], 1.5, "<=")
+                add(f"gRPC / REST rate, batch {batch}, c{concurrency}",
+                    grpc["qps"] / rest["qps"], 1.5, "<=")
+    return out
+
+
+def table(results) -> str:
+    lines = ["| signature | batch | threads | path | req/s | rows/s | p50 ms | p99 ms |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for c in results:
+        lines.append(f"| {c['signature']} | {c['batch']} | {c['concurrency']} | {c['target']} | "
+                     f"{c['qps']:.0f} | {c['rows_per_s']:.0f} | {c['p50_ms']:.2f} | "
+                     f"{c['p99_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> List[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     import warnings
     warnings.filterwarnings("ignore")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-base-path")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--model-base-path",
+                        help="TF Serving base path (<dir>/<integer version>/saved_model.pb)")
     parser.add_argument("--model-name", default="big_tipper")
-    parser.add_argument("--grpc")
-    parser.add_argument("--rest")
-    parser.add_argument("--requests", type=int, default=500)
-    args = parser.parse_args()
+    parser.add_argument("--grpc", help="host:port of a running server (default: start one)")
+    parser.add_argument("--rest", help="http://host:port of a running server")
+    parser.add_argument("--requests", type=int, default=400, help="timed requests per cell")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed requests per thread")
+    parser.add_argument("--quick", action="store_true",
+                        help="100 requests per cell, 3 warm-up per thread")
+    parser.add_argument("--batches", type=_ints, default=[1, 32])
+    parser.add_argument("--example-batches", type=_ints, default=[32],
+                        help="batches for the serialized tf.Example serving_default signature "
+                             "(empty: skip it)")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 8])
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--rest-format", choices=("row", "columnar"), default="row")
+    parser.add_argument("--clients", action="store_true",
+                        help="grpc/rest through ctpipe's GrpcClient/RestClient")
+    parser.add_argument("--json-out", help="also write the cells and ratios as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.warmup = min(args.requests, 100), min(args.warmup, 3)
+    if not args.model_base_path and not (args.grpc and args.rest):
+        parser.error("give --model-base-path, or --grpc and --rest (a running server)")
 
-    from ctpipe.serving.clients import GrpcClient, RestClient
-
+    targets = [t for t in args.targets.split(",") if t]
+    if not args.model_base_path:
+        targets = [t for t in targets if t not in ("inproc", "servable")]
+    setup = Setup(args)
     server = None
-    if args.model_base_path:
+    if not (args.grpc and args.rest):
         from ctpipe.serving.model_config import single_model
         from ctpipe.serving.server import start_server
-        server = start_server(single_model(args.model_name, os.path.abspath(args.model_base_path)),
+        server = start_server(single_model(args.model_name,
+                                           os.path.abspath(args.model_base_path)),
                               grpc_port=0, rest_port=0)
+        if not _wait_available(server, args.model_name):
+            server.stop()
+            sys.exit("the server did not make a version AVAILABLE within 120 s")
         args.grpc, args.rest = server.grpc_address, server.rest_url
+
+    results: List[Dict[str, Any]] = []
+    planned = list(cells(args, targets))
     try:
-        for name, client in (("gRPC", GrpcClient(args.grpc, args.model_name)),
-                             ("REST", RestClient(args.rest, args.model_name))):
-            report(name, measure(lambda c=client: c.predict(ROW, "serving_raw"), args.requests))
-            client.close()
+        for number, (signature, batch, concurrency, target) in enumerate(planned, 1):
+            cell = run_cell(setup.caller(target, signature, batch), args.requests, concurrency,
+                            args.warmup)
+            cell.update(signature=signature, batch=batch, concurrency=concurrency,
+                        target=target, rows_per_s=cell["qps"] * batch)
+            results.append(cell)
+            print(f"[{number}/{len(planned)}] {signature:<15} batch {batch:>2}  threads "
+                  f"{concurrency}  {target:<8} {cell['qps']:7.0f} req/s {cell['rows_per_s']:8.0f}"
+                  f" rows/s  p50 {cell['p50_ms']:6.2f} ms  p99 {cell['p99_ms']:6.2f} ms",
+                  file=sys.stderr, flush=True)
     finally:
         if server:
             server.stop()
 
+    figures = ratios(results, args)
+    print(table(results))
+    print()
+    for figure in figures:
+        print(f"- {figure['name']}: {figure['value']:.2f} (target {figure['target']}: "
+              f"{'met' if figure['met'] else 'NOT met'})")
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump({"config": {"requests": args.requests, "warmup": args.warmup,
+                                  "rest_format": args.rest_format, "clients": args.clients,
+                                  "cpus": os.cpu_count(), "model_name": args.model_name,
+                                  "grpc": None if server else args.grpc,
+                                  "rest": None if server else args.rest},
+                       "cells": results, "ratios": figures}, handle, indent=2)
+
+
+def _wait_available(server, model_name: str, seconds: float = 120.0) -> bool:
+    """start_server loads synchronously; this only guards a version that failed its load."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            server.core.registry.resolve(model_name)
+            return True
+        except Exception:  # noqa: BLE001 - not loaded (yet)
+            time.sleep(0.2)
+    return False
 
 if __name__ == "__main__":
     main()
