@@ -3,11 +3,15 @@ for binary strings, JSON tf.Examples for classify/regress, and the matching resp
 from __future__ import annotations
 
 import base64
+import operator
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from ctpipe.pipeline.errors import ServingError
+
+# Types json.loads gives for JSON scalars: a list made only of these needs no walk.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _decode_b64(value: Any) -> Any:
@@ -19,8 +23,14 @@ def _decode_b64(value: Any) -> Any:
                 raise ServingError("INVALID_ARGUMENT", "Unable to base64 decode")
         raise ServingError("INVALID_ARGUMENT", f"JSON object {value} is not a {{'b64': ...}} value")
     if isinstance(value, list):
+        if _SCALARS.issuperset(map(type, value)):  # C-speed scan: nothing to decode
+            return value
         return [_decode_b64(v) for v in value]
     return value
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
 
 def predict_inputs(body: Dict[str, Any], input_aliases: List[str]
@@ -32,7 +42,7 @@ def predict_inputs(body: Dict[str, Any], input_aliases: List[str]
                            "JSON Value: request must have exactly one of 'instances' or 'inputs'")
     if has_inputs:
         value = body["inputs"]
-        if isinstance(value, dict) and not set(value) == {"b64"}:
+        if isinstance(value, dict) and not _is_b64(value):
             return {k: _decode_b64(v) for k, v in value.items()}, False
         if len(input_aliases) != 1:
             raise ServingError("INVALID_ARGUMENT",
@@ -42,50 +52,56 @@ def predict_inputs(body: Dict[str, Any], input_aliases: List[str]
     instances = body["instances"]
     if not isinstance(instances, list) or not instances:
         raise ServingError("INVALID_ARGUMENT", "'instances' must be a non-empty list")
-    named = all(isinstance(i, dict) and set(i) != {"b64"} for i in instances)
+    named = all(isinstance(i, dict) and not _is_b64(i) for i in instances)
     if not named:
         if len(input_aliases) != 1:
             raise ServingError("INVALID_ARGUMENT",
                                "instances must be objects keyed by input name for a signature "
                                f"with several inputs ({', '.join(sorted(input_aliases))})")
-        return {input_aliases[0]: [_decode_b64(i) for i in instances]}, True
-    keys = set(instances[0])
-    if any(set(i) != keys for i in instances):
+        return {input_aliases[0]: _decode_b64(instances)}, True
+    keys = instances[0].keys()
+    if any(i.keys() != keys for i in instances):
         raise ServingError("INVALID_ARGUMENT",
                            "all instances must have the same keys (a missing value must be "
                            "sent explicitly)")
-    return {key: [_decode_b64(i[key]) for i in instances] for key in keys}, True
+    return {key: _decode_b64(list(map(operator.itemgetter(key), instances)))
+            for key in keys}, True
 
 
 def _json_value(alias: str, value: Any) -> Any:
-    """A tensor (or one row of it) as TF Serving writes it: text as UTF-8 strings, `*_bytes`
-    outputs and non-UTF-8 bytes as {"b64": ...}, numbers as JSON numbers (NaN stays NaN)."""
+    """A tensor as TF Serving writes it: text as UTF-8 strings, `*_bytes` outputs and non-UTF-8
+    bytes as {"b64": ...}, numbers as JSON numbers (NaN stays NaN). One tolist() per tensor;
+    only string tensors are walked, for their bytes."""
+    listed = value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "OSU":
+        return listed
+    as_b64 = alias.endswith("_bytes")
+
     def convert(item):
-        if isinstance(item, list):
-            return [convert(v) for v in item]
         if isinstance(item, bytes):
-            if not alias.endswith("_bytes"):
+            if not as_b64:
                 try:
                     return item.decode("utf-8")
                 except UnicodeDecodeError:
                     pass
             return {"b64": base64.b64encode(item).decode()}
-        if isinstance(item, (np.generic,)):
+        if isinstance(item, list):
+            return [convert(v) for v in item]
+        if isinstance(item, np.generic):
             return item.item()
         return item
-    return convert(value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value)
+    return convert(listed)
 
 
 def predict_response(outputs: Dict[str, np.ndarray], row_format: bool) -> Dict[str, Any]:
+    converted = {k: _json_value(k, v) for k, v in outputs.items()}
     if not row_format:
-        converted = {k: _json_value(k, v) for k, v in outputs.items()}
         return {"outputs": next(iter(converted.values())) if len(converted) == 1 else converted}
     rows = len(next(iter(outputs.values())))
-    if len(outputs) == 1:
-        alias, array = next(iter(outputs.items()))
-        return {"predictions": [_json_value(alias, array[i]) for i in range(rows)]}
-    return {"predictions": [{alias: _json_value(alias, array[i])
-                             for alias, array in outputs.items()} for i in range(rows)]}
+    if len(converted) == 1:
+        return {"predictions": next(iter(converted.values()))}
+    return {"predictions": [{alias: values[i] for alias, values in converted.items()}
+                            for i in range(rows)]}
 
 
 def examples_from_json(body: Dict[str, Any]) -> List[bytes]:

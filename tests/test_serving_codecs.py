@@ -1,0 +1,132 @@
+"""The wire conversions of the local server, without a server: REST JSON as TF Serving writes and
+reads it, request values -> tensors, gRPC TensorProtos -> arrays, and the signature call on a
+SavedModel. Each fast path is checked against a literal expectation or TensorFlow's own
+conversion."""
+import base64
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ctpipe.pipeline.errors import ServingError
+from ctpipe.serving import json_codec
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def as_json(value):
+    """What goes on the wire (NaN literal allowed, as the server writes it), read back."""
+    return json.loads(json.dumps(value, allow_nan=True))
+
+
+# -- REST responses -----------------------------------------------------------------------------
+def test_row_format_numbers_are_plain_json_numbers():
+    outputs = {"probabilities": np.array([[0.25], [np.nan]], np.float32),
+               "count": np.array([3, -1], np.int64), "flag": np.array([True, False])}
+    body = json_codec.predict_response(outputs, row_format=True)
+    assert body["predictions"][0] == {"probabilities": [0.25], "count": 3, "flag": True}
+    second = body["predictions"][1]
+    assert math.isnan(second["probabilities"][0]) and second["count"] == -1
+    assert type(second["count"]) is int and type(second["flag"]) is bool
+    assert type(second["probabilities"][0]) is float
+    assert "NaN" in json.dumps(body, allow_nan=True)
+
+
+def test_row_format_single_output_is_a_list_of_rows():
+    body = json_codec.predict_response({"y": np.array([[1.5, 2.0], [3.0, 4.0]], np.float32)},
+                                       row_format=True)
+    assert body == {"predictions": [[1.5, 2.0], [3.0, 4.0]]}
+    assert json_codec.predict_response({"y": np.zeros([0, 2], np.float32)}, True) == \
+        {"predictions": []}
+
+
+def test_bytes_outputs_in_row_format():
+    outputs = {"label": np.array([b"cash", "caf\u00e9".encode(), b"\xff\xfe"], dtype=object),
+               "raw_bytes": np.array([b"cash", b"", b"\x00\x01"], dtype=object)}
+    body = json_codec.predict_response(outputs, row_format=True)
+    assert body["predictions"] == [
+        {"label": "cash", "raw_bytes": b64(b"cash")},
+        {"label": "caf\u00e9", "raw_bytes": b64(b"")},
+        {"label": b64(b"\xff\xfe"), "raw_bytes": b64(b"\x00\x01")}]
+    assert as_json(body) == body
+
+
+def test_nested_bytes_outputs_in_both_formats():
+    classes = np.array([[b"0", b"1"], [b"\xc3", b"yes"]], dtype=object)
+    rows = json_codec.predict_response({"classes": classes}, row_format=True)
+    assert rows == {"predictions": [["0", "1"], [b64(b"\xc3"), "yes"]]}
+    columns = json_codec.predict_response({"classes": classes, "n": np.array([1, 2])},
+                                          row_format=False)
+    assert columns == {"outputs": {"classes": [["0", "1"], [b64(b"\xc3"), "yes"]],
+                                   "n": [1, 2]}}
+
+
+def test_columnar_single_output_is_the_bare_value():
+    body = json_codec.predict_response({"y_bytes": np.array([b"a"], dtype=object)}, False)
+    assert body == {"outputs": [b64(b"a")]}
+    body = json_codec.predict_response({"y": np.array([[1.0, np.inf]], np.float64)}, False)
+    assert body["outputs"][0][0] == 1.0 and body["outputs"][0][1] == float("inf")
+
+
+def test_fixed_width_numpy_bytes_are_text_or_b64():
+    outputs = {"s": np.array([b"ab", b"\xff"], dtype="S2")}
+    assert json_codec.predict_response(outputs, True) == {"predictions": ["ab", b64(b"\xff")]}
+
+
+# -- REST requests ------------------------------------------------------------------------------
+def test_row_format_named_instances_decode_b64_anywhere():
+    body = {"instances": [{"x": 1.0, "s": b64(b"\xff"), "m": [[b64(b"a"), "b"]]},
+                          {"x": float("nan"), "s": "text", "m": [["c", "d"]]}]}
+    inputs, row_format = json_codec.predict_inputs(body, ["x", "s", "m"])
+    assert row_format
+    assert inputs["s"] == [b"\xff", "text"]
+    assert inputs["m"] == [[[b"a", "b"]], [["c", "d"]]]
+    assert inputs["x"][0] == 1.0 and math.isnan(inputs["x"][1])
+
+
+def test_row_format_unnamed_instances_for_a_single_input():
+    inputs, row_format = json_codec.predict_inputs(
+        {"instances": [b64(b"ex1"), b64(b"")]}, ["examples"])
+    assert row_format and inputs == {"examples": [b"ex1", b""]}
+    inputs, _ = json_codec.predict_inputs({"instances": [[1, 2], [3, 4]]}, ["x"])
+    assert inputs == {"x": [[1, 2], [3, 4]]}
+    assert all(type(v) is int for row in inputs["x"] for v in row)
+
+
+def test_columnar_inputs_nested_lists_and_a_bare_value():
+    inputs, row_format = json_codec.predict_inputs(
+        {"inputs": {"a": [[b64(b"x"), "y"], [b64(b"z"), "w"]], "b": [1, 2.5], "c": "one"}},
+        ["a", "b", "c"])
+    assert not row_format
+    assert inputs == {"a": [[b"x", "y"], [b"z", "w"]], "b": [1, 2.5], "c": "one"}
+    inputs, _ = json_codec.predict_inputs({"inputs": b64(b"raw")}, ["examples"])
+    assert inputs == {"examples": b"raw"}
+    inputs, _ = json_codec.predict_inputs({"inputs": [b64(b"r1"), b64(b"r2")]}, ["examples"])
+    assert inputs == {"examples": [b"r1", b"r2"]}
+
+
+def test_an_input_named_b64_next_to_others_is_a_named_instance():
+    inputs, _ = json_codec.predict_inputs({"instances": [{"b64": "YQ==", "x": 1}]}, ["b64", "x"])
+    assert inputs == {"b64": ["YQ=="], "x": [1]}
+    inputs, _ = json_codec.predict_inputs({"inputs": {"b64": ["YQ=="], "x": [1]}}, ["b64", "x"])
+    assert inputs == {"b64": ["YQ=="], "x": [1]}
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"instances": [{"s": {"b64": "not base64!"}}]}, "base64"),
+    ({"inputs": {"s": [{"b64": "@@"}]}}, "base64"),
+    ({"instances": [{"s": {"text": "x"}}]}, "is not a {'b64'"),
+    ({"inputs": {"s": [[{"b64": "YQ==", "more": 1}]]}}, "is not a {'b64'"),
+    ({"instances": [{"a": 1}, {"b": 2}]}, "same keys"),
+    ({"instances": []}, "non-empty"),
+    ({"instances": [1], "inputs": [1]}, "exactly one of"),
+])
+def test_bad_request_values_are_invalid_argument(body, fragment):
+    with pytest.raises(ServingError) as error:
+        json_codec.predict_inputs(body, ["s", "a", "b"] if "instances" in body else ["s"])
+    assert error.value.code == "INVALID_ARGUMENT" and fragment in error.value.message
+
+
