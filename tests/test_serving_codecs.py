@@ -8,9 +8,11 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ctpipe.pipeline.errors import ServingError
 from ctpipe.serving import json_codec
+from ctpipe.serving.servables import Servable
 
 
 def b64(data: bytes) -> dict:
@@ -130,3 +132,118 @@ def test_bad_request_values_are_invalid_argument(body, fragment):
     assert error.value.code == "INVALID_ARGUMENT" and fragment in error.value.message
 
 
+# -- request values -> tensors --------------------------------------------------------------------
+def to_tensor(value, dtype):
+    return Servable._to_tensor("v", value, dtype.as_datatype_enum)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (["Credit Card", "caf\u00e9", b"\xff"], [b"Credit Card", "caf\u00e9".encode(), b"\xff"]),
+    (np.array([b"a", b"b"], dtype=object), [b"a", b"b"]),
+    (np.array(["x", "y\u00e9"]), [b"x", "y\u00e9".encode()]),
+    ([5, 1.5, True, None], [b"5", b"1.5", b"True", b"None"]),  # str() of anything, as before
+    (["a", 1], [b"a", b"1"]),
+    ([], []),
+])
+def test_string_inputs(value, expected):
+    tensor = to_tensor(value, tf.string)
+    assert tensor.dtype == tf.string and tensor.numpy().tolist() == expected
+
+
+def test_string_inputs_nested_and_scalar():
+    assert to_tensor([["a", b"b"], ["c", "d"]], tf.string).numpy().tolist() == \
+        [[b"a", b"b"], [b"c", b"d"]]
+    assert to_tensor("one", tf.string).numpy() == b"one"
+    assert to_tensor([[]], tf.string).shape == (1, 0)
+
+
+@pytest.mark.parametrize("value, dtype, expected", [
+    ([1, 2.5], tf.float32, [1.0, 2.5]),
+    (np.array([1.25, np.nan]), tf.float32, [1.25, float("nan")]),
+    (np.array([3], np.int64), tf.int64, [3]),
+    (np.array([3, 4], np.int32), tf.int64, [3, 4]),
+    ([True, False], tf.float32, [1.0, 0.0]),
+    ([[1, 2], [3, 4]], tf.int64, [[1, 2], [3, 4]]),
+])
+def test_numeric_inputs(value, dtype, expected):
+    tensor = to_tensor(value, dtype)
+    assert tensor.dtype == dtype
+    np.testing.assert_array_equal(tensor.numpy(), np.array(expected, dtype.as_numpy_dtype))
+
+
+@pytest.mark.parametrize("value, dtype, fragment", [
+    (["x"], tf.float32, "got text"),
+    ([b"x"], tf.int64, "got text"),
+    ([1.5], tf.int64, "got a fraction"),
+    (np.array([1.5], np.float32), tf.int64, "got a fraction"),
+    ([[1, 2], [3]], tf.float32, "cannot be converted"),
+])
+def test_bad_numeric_inputs(value, dtype, fragment):
+    with pytest.raises(ServingError) as error:
+        to_tensor(value, dtype)
+    assert error.value.code == "INVALID_ARGUMENT" and fragment in error.value.message
+
+
+@pytest.mark.parametrize("value, dtype", [
+    ([5, 1.5], tf.string), (np.array([1, 2]), tf.string), (np.array([2.5], np.float32), tf.string),
+])
+def test_numbers_sent_to_a_string_input_become_their_text(value, dtype):
+    expected = [str(v).encode() for v in np.asarray(value, dtype=object).tolist()]
+    assert to_tensor(value, dtype).numpy().tolist() == expected
+
+
+# -- the signature call --------------------------------------------------------------------------
+class Scorer(tf.Module):
+    """Captured state (a variable, a lookup table) and a fixed inner dimension."""
+
+    def __init__(self):
+        self.weight = tf.Variable(2.0)
+        self.table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(["cash", "card"]), tf.constant([1.0, 2.0])), default_value=-1.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x"),
+                                  tf.TensorSpec([None], tf.string, name="kind")])
+    def score(self, x, kind):
+        return {"score": self.weight * tf.reduce_sum(x, axis=1) + self.table.lookup(kind),
+                "kind_bytes": kind}
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("scorer") / "1")
+    module = Scorer()
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": module.score.get_concrete_function()})
+    return Servable("scorer", 1, path)
+
+
+def test_the_signature_call_matches_tensorflows_public_call(scorer):
+    call = scorer._calls["serving_default"]
+    assert call.fast  # plain dense keyword-only signature: the flat call is used
+    tensors = {"x": tf.constant([[1.0, 2.0], [0.5, 0.5]]),
+               "kind": tf.constant(["card", "bus"])}
+    fast, public = call(tensors), call.function(**tensors)
+    assert set(fast) == set(public) == {"score", "kind_bytes"}
+    for alias in fast:
+        np.testing.assert_array_equal(fast[alias].numpy(), public[alias].numpy())
+    outputs = scorer.predict("", {"x": [[1.0, 2.0]], "kind": ["cash"]})
+    assert outputs["score"].tolist() == [7.0] and outputs["kind_bytes"].tolist() == [b"cash"]
+
+
+def test_a_tensor_that_does_not_fit_the_traced_shapes_goes_to_tensorflow(scorer):
+    with pytest.raises(ServingError) as error:  # rank 1 for a [None, 2] input
+        scorer.predict("serving_default", {"x": [1.0, 2.0], "kind": ["cash", "card"]})
+    assert error.value.code == "INVALID_ARGUMENT"
+    # inner dimension 3, not 2: TF's own call decides (a loaded signature accepts it)
+    tensors = {"x": tf.constant([[1.0, 2.0, 3.0]]), "kind": tf.constant(["cash"])}
+    expected = scorer._calls["serving_default"].function(**tensors)["score"].numpy()
+    assert scorer.predict("", {"x": [[1.0, 2.0, 3.0]], "kind": ["cash"]})["score"] == expected
+
+
+def test_unknown_and_missing_inputs_are_named(scorer):
+    with pytest.raises(ServingError) as error:
+        scorer.predict("", {"x": [[1.0, 2.0]], "kind": ["a"], "extra": [1]})
+    assert "input tensor alias not found in signature: extra" in error.value.message
+    with pytest.raises(ServingError) as error:
+        scorer.predict("", {"x": [[1.0, 2.0]]})
+    assert "Missing but required: {kind}" in error.value.message
