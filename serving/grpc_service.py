@@ -3,11 +3,15 @@ Regress, GetModelMetadata) and ModelService (GetModelStatus, HandleReloadConfigR
 from __future__ import annotations
 
 import functools
+import math
+import sys
 from concurrent import futures
 from typing import List, Optional, Tuple
 
 import grpc
+import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -62,6 +66,44 @@ def _examples(model_input) -> List[bytes]:
     raise ServingError("INVALID_ARGUMENT", "Input is empty")
 
 
+# dtype -> the repeated field make_tensor_proto fills for short tensors (others: tensor_content)
+_VALUE_FIELDS = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
+                 types_pb2.DT_INT64: "int64_val", types_pb2.DT_INT32: "int_val",
+                 types_pb2.DT_BOOL: "bool_val"}
+_NUMPY_DTYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
+                 types_pb2.DT_INT64: np.int64, types_pb2.DT_INT32: np.int32,
+                 types_pb2.DT_BOOL: np.bool_}
+
+
+def to_ndarray(proto) -> np.ndarray:
+    """tf.make_ndarray for the TensorProtos clients send (float/double/int/bool as
+    tensor_content or a full value list, strings as string_val), without its per-call Python
+    overhead (~10 us a tensor); anything else - a short list TF broadcasts, other dtypes,
+    unknown rank - is left to tf.make_ndarray."""
+    if proto.tensor_shape.unknown_rank:
+        return tf.make_ndarray(proto)
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    count = math.prod(shape)
+    if proto.dtype == types_pb2.DT_STRING:
+        values = proto.string_val
+        if len(values) == count:
+            array = np.empty(count, dtype=object)
+            array[:] = list(values)
+            return array.reshape(shape)
+        return tf.make_ndarray(proto)
+    numpy_dtype = _NUMPY_DTYPES.get(proto.dtype)
+    if numpy_dtype is None:
+        return tf.make_ndarray(proto)
+    if proto.tensor_content:
+        if sys.byteorder != "little":
+            return tf.make_ndarray(proto)
+        return np.frombuffer(proto.tensor_content, dtype=numpy_dtype).reshape(shape)
+    values = getattr(proto, _VALUE_FIELDS[proto.dtype])
+    if len(values) == count:
+        return np.asarray(values, dtype=numpy_dtype).reshape(shape)
+    return tf.make_ndarray(proto)
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core: ServingCore):
         self.core = core
@@ -70,7 +112,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):  # noqa: N802
         name, version, label = _spec(request.model_spec)
         try:
-            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            inputs = {k: to_ndarray(v) for k, v in request.inputs.items()}
         except (TypeError, ValueError) as error:
             raise ServingError("INVALID_ARGUMENT", f"malformed input tensor: {error}")
         servable, outputs = self.core.predict(

@@ -247,3 +247,41 @@ def test_unknown_and_missing_inputs_are_named(scorer):
     with pytest.raises(ServingError) as error:
         scorer.predict("", {"x": [[1.0, 2.0]]})
     assert "Missing but required: {kind}" in error.value.message
+
+
+# -- gRPC TensorProtos -> arrays ------------------------------------------------------------------
+def _protos():
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    made = [tf.make_tensor_proto(value, dtype=dtype) for value, dtype in [
+        ([1.5], tf.float32), (np.arange(40, dtype=np.float32), None),
+        (np.arange(12, dtype=np.int64).reshape(3, 4), None), ([7], tf.int64),
+        ([[1, 2], [3, 4]], tf.int32), (np.array([1.0, np.nan]), tf.float64),
+        ([True, False, True], tf.bool), (np.ones([2, 40], bool), None),
+        ([b"Credit Card", b"\xff", b""], tf.string), ([[b"a", b"b"]], tf.string),
+        (np.zeros([0], np.float32), None), (np.zeros([0, 3], np.int64), None),
+        ([], tf.string), (3.5, tf.float32), (b"scalar", tf.string),
+        (np.array([1, 2], np.float16), None), (np.array([1, 2], np.uint8), None)]]
+    short = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.0])
+    short.tensor_shape.dim.add(size=3)  # TF repeats the last value: [2, 2, 2]
+    by_hand = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT64, int64_val=[4, 5, 6])
+    by_hand.tensor_shape.dim.add(size=3)
+    return made + [short, by_hand]
+
+
+@pytest.mark.parametrize("proto", _protos(), ids=lambda p: f"{p.dtype}-{len(p.tensor_content)}")
+def test_grpc_tensor_protos_decode_as_tensorflow_does(proto):
+    from ctpipe.serving.grpc_service import to_ndarray
+
+    expected, got = tf.make_ndarray(proto), to_ndarray(proto)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_grpc_tensor_content_of_the_wrong_size_is_an_error():
+    from ctpipe.serving.grpc_service import to_ndarray
+
+    proto = tf.make_tensor_proto(np.arange(40, dtype=np.float32))
+    proto.tensor_content = proto.tensor_content[:-4]
+    with pytest.raises(ValueError):
+        to_ndarray(proto)
