@@ -263,6 +263,11 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     training_examples.set_string_custom_property("training_spans",
                                                  json.dumps(decision.training_spans))
     if decision.accepted:
-        _link_window(decision.ledger.window(span, window_spans), training_examples.uri)
+        window = decision.ledger.window(span, window_spans)
+        _link_window(window, training_examples.uri)
         with tf.io.gfile.GFile(os.path.join(training_examples.uri, WINDOW_FILE), "w") as handle:
-            json.dump({"spans": decision.training_spans, "warm_start": warm_start}, handle)
+            # The spans' own TFDV statistics: the Trainer learns vocabularies and
+            # normalisation from them instead of loading the window.
+            json.dump({"spans": decision.training_spans, "warm_start": warm_start,
+                       "statistics_uris": [entry["statistics_uri"] for entry in window]},
+                      handle)

@@ -17,6 +17,7 @@ and a TF Serving warmup file (assets.extra/tf_serving_warmup_requests).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,23 @@ import tf_keras
 from ctpipe.components import features as F
 from ctpipe.components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
 
+
+def _autograph_leaves_tf_keras_alone() -> None:
+    """TF 2.16's autograph knows `keras` as a library not to convert, but not `tf_keras` (Keras 2
+    under its new name), so tracing a tf_keras train step re-writes every Keras internal it
+    touches: measured here, 11 of the 12 s of a 250-step fit and half of the export were
+    autograph transforming tf_keras source. Marking it do-not-convert, as TF does for `keras`,
+    changes nothing else (Keras code is written to run in graph mode as it is)."""
+    from tensorflow.python.autograph.core import config
+
+    rule = config.DoNotConvert("tf_keras")
+    if not any(isinstance(r, config.DoNotConvert) and r.matches("tf_keras")
+               for r in config.CONVERSION_RULES):
+        config.CONVERSION_RULES = (rule,) + tuple(config.CONVERSION_RULES)
+
+
+_autograph_leaves_tf_keras_alone()
+
 PREPROCESSING_FILE = "preprocessing.json"
 WEIGHTS_PREFIX = "weights"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -37,9 +55,16 @@ Z_CLIP = 5.0
 
 DEFAULT_HPARAMS: Dict[str, Any] = {
     "epochs": 6,
-    "min_steps": 250,
-    "max_steps": 500,
+    "warm_start_epochs": 2,
+    "min_steps": 200,
+    "max_steps": 20_000,
     "batch_size": 64,
+    "steps_per_execution": 25,
+    "evaluations": 8,
+    "min_chunk_steps": 25,
+    "patience": 2,
+    "eval_batch_size": 512,
+    "eval_batches": 20,
     "learning_rate": 3e-3,
     "warm_start_learning_rate": 1e-3,
     "hidden_units": [64, 32],
@@ -101,7 +126,39 @@ def _label_from_examples(serialized: tf.Tensor) -> tf.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Preprocessing state: learned from data, persisted for warm starts.
+# Preprocessing state: learned from a profile of the window (counts, means, variances and value
+# frequencies per feature), persisted for warm starts.
+#
+# The profile comes from the TFDV statistics StatisticsGen already computed for each span of the
+# window (the gate lists them in window.json), so the Trainer never loads the window into memory
+# to learn it; without those statistics (examples that did not come through the gate) it is
+# accumulated batch by batch while streaming the files once.
+
+
+@dataclasses.dataclass
+class NumericProfile:
+    count: float = 0.0
+    mean: float = 0.0
+    variance: float = 0.0
+
+    def merge(self, count: float, mean: float, variance: float) -> None:
+        """Pooled count/mean/variance of two parts (exact for population variances)."""
+        total = self.count + count
+        if total <= 0:
+            return
+        new_mean = (self.count * self.mean + count * mean) / total
+        second = (self.count * (self.variance + self.mean ** 2)
+                  + count * (variance + mean ** 2)) / total
+        self.count, self.mean, self.variance = total, new_mean, max(second - new_mean ** 2, 0.0)
+
+
+@dataclasses.dataclass
+class WindowProfile:
+    numeric: Dict[str, NumericProfile] = dataclasses.field(
+        default_factory=lambda: {name: NumericProfile() for name in F.NUMERIC_FEATURES})
+    categories: Dict[str, collections.Counter] = dataclasses.field(
+        default_factory=lambda: {name: collections.Counter() for name in F.categorical_features()})
+    rows: int = 0
 
 
 def _category_strings(values: np.ndarray) -> List[str]:
@@ -116,17 +173,62 @@ def _category_strings(values: np.ndarray) -> List[str]:
     return out
 
 
-def _column_arrays(dataset: tf.data.Dataset) -> Dict[str, np.ndarray]:
-    columns: Dict[str, List[np.ndarray]] = collections.defaultdict(list)
+def add_columns(profile: WindowProfile, columns: Dict[str, np.ndarray]) -> WindowProfile:
+    """Fold one batch of dense raw features into the profile."""
+    profile.rows += len(next(iter(columns.values())))
+    for name in F.NUMERIC_FEATURES:
+        values = np.asarray(columns[name], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        if values.size:
+            profile.numeric[name].merge(values.size, float(values.mean()), float(values.var()))
+    for name in F.categorical_features():
+        profile.categories[name].update(_category_strings(columns[name]))
+    return profile
+
+
+def profile_from_dataset(dataset: tf.data.Dataset) -> WindowProfile:
+    profile = WindowProfile()
     for features, _ in dataset:
-        for name, tensor in features.items():
-            columns[name].append(tensor.numpy())
-    return {name: np.concatenate(parts) for name, parts in columns.items()}
+        add_columns(profile, {name: tensor.numpy() for name, tensor in features.items()})
+    return profile
 
 
-def learn_preprocessing(columns: Dict[str, np.ndarray],
+def profile_from_statistics(statistics_files: Iterable[str]) -> WindowProfile:
+    """Merge TFDV FeatureStats.pb files (one per span). Categorical values come from the rank
+    histograms (StatisticsGen computes them for string features and for int features the schema
+    marks categorical); a missing value counts as the empty category, as in the model."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    profile = WindowProfile()
+    for path in statistics_files:
+        stats_list = statistics_pb2.DatasetFeatureStatisticsList()
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            stats_list.ParseFromString(handle.read())
+        for dataset in stats_list.datasets:
+            profile.rows += int(dataset.num_examples)
+            for feature in dataset.features:
+                _add_feature_statistics(profile, feature)
+    return profile
+
+
+def _add_feature_statistics(profile: WindowProfile, feature) -> None:
+    name = feature.path.step[0] if feature.path.step else feature.name
+    if name in profile.numeric and feature.HasField("num_stats"):
+        stats = feature.num_stats
+        profile.numeric[name].merge(stats.common_stats.num_non_missing, stats.mean,
+                                    stats.std_dev ** 2)
+    elif name in profile.categories and feature.HasField("string_stats"):
+        stats = feature.string_stats
+        counts = profile.categories[name]
+        for bucket in stats.rank_histogram.buckets:
+            counts[bucket.label] += int(bucket.sample_count)
+        if stats.common_stats.num_missing:
+            counts[F.MISSING_STRING] += int(stats.common_stats.num_missing)
+
+
+def learn_preprocessing(profile: WindowProfile,
                         base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Means/stds and vocabularies from the training window.
+    """Means/stds and vocabularies (most frequent first) from the window's profile.
 
     With a `base` (warm start) the base's constants are kept and its vocabularies are extended
     with new values in free slots, so every old weight keeps its meaning.
@@ -136,15 +238,15 @@ def learn_preprocessing(columns: Dict[str, np.ndarray],
         if base:
             state["numeric"][name] = base["numeric"][name]
             continue
-        values = columns[name][~np.isnan(columns[name])]
-        mean = float(values.mean()) if values.size else 0.0
-        std = float(values.std()) if values.size else 1.0
-        state["numeric"][name] = {"mean": mean, "std": std if std > 1e-6 else 1.0}
+        numeric = profile.numeric[name]
+        std = float(np.sqrt(numeric.variance)) if numeric.count else 1.0
+        state["numeric"][name] = {"mean": float(numeric.mean) if numeric.count else 0.0,
+                                  "std": std if std > 1e-6 else 1.0}
     for name, capacity in F.categorical_features().items():
-        counts = collections.Counter(_category_strings(columns[name]))
         vocabulary = list(base["vocabulary"][name]) if base else []
         known = set(vocabulary)
-        for value, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        ranked = sorted(profile.categories[name].items(), key=lambda item: (-item[1], item[0]))
+        for value, _ in ranked:
             if len(vocabulary) >= capacity:
                 break
             if value not in known:
@@ -207,7 +309,13 @@ def build_model(state: Dict[str, Any], hparams: Dict[str, Any]) -> tf_keras.Mode
 
 
 # ---------------------------------------------------------------------------------------------
-# Data.
+# Data: the whole window streamed from its files, interleaved across spans and shuffled.
+
+# Below this much compressed input the parsed-once records stay in memory between epochs (a
+# small window then costs one decompression per cycle); larger windows stream from disk every
+# epoch so memory stays bounded whatever the window holds.
+CACHE_MAX_BYTES = 64 * 1024 * 1024
+SHUFFLE_BUFFER = 50_000
 
 
 def _files(patterns: Iterable[str]) -> List[str]:
@@ -217,11 +325,29 @@ def _files(patterns: Iterable[str]) -> List[str]:
     return files
 
 
+def _total_bytes(files: List[str]) -> int:
+    return sum(tf.io.gfile.stat(path).length for path in files)
+
+
 def make_dataset(patterns: Iterable[str], batch_size: int, shuffle: bool,
                  seed: int = 7) -> tf.data.Dataset:
-    dataset = tf.data.TFRecordDataset(_files(patterns), compression_type="GZIP")
+    """Batches of (dense raw features, label).
+
+    Training reads every file of the window at once (one reader per span file, records taken
+    in turn), so each batch mixes spans instead of walking them one after another, then
+    shuffles within a buffer and repeats. Parsing is vectorised per batch."""
+    files = _files(patterns)
     if shuffle:
-        dataset = dataset.shuffle(20_000, seed=seed, reshuffle_each_iteration=True).repeat()
+        dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+        dataset = dataset.interleave(
+            lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+            cycle_length=len(files), block_length=1, deterministic=True)
+        if _total_bytes(files) <= CACHE_MAX_BYTES:
+            dataset = dataset.cache()
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed,
+                                  reshuffle_each_iteration=True).repeat()
+    else:
+        dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
     dataset = dataset.batch(batch_size)
     return dataset.map(lambda s: (dense_features_from_examples(s), _label_from_examples(s)),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -336,21 +462,26 @@ def warm_start_source(fn_args, window: Optional[Dict[str, Any]],
 
 
 def write_lineage(model_uri: str, window: Optional[Dict[str, Any]],
-                  warm_start_uri: Optional[str]) -> None:
+                  warm_start_uri: Optional[str],
+                  training: Optional[Dict[str, Any]] = None) -> None:
     """What trained this model, for later gates (warm-start guard) and `ctpipe lineage`."""
     with tf.io.gfile.GFile(os.path.join(model_uri, LINEAGE_FILE), "w") as handle:
         json.dump({"training_spans": (window or {}).get("spans", []),
                    "warm_start_uri": warm_start_uri,
-                   "warm_start": (window or {}).get("warm_start")}, handle)
+                   "warm_start": (window or {}).get("warm_start"),
+                   "training": training or {}}, handle)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def training_steps(rows: int, hparams: Dict[str, Any]) -> int:
-    """Epochs over the window, bounded: small windows still get enough steps to learn, and a
-    large window cannot blow the cycle's time budget (fewer steps also overfit less here)."""
-    wanted = -(-rows * hparams["epochs"] // hparams["batch_size"])
+def training_steps(rows: int, hparams: Dict[str, Any], warm_start: bool = False) -> int:
+    """The step budget: epochs over the whole window, so it grows with the data. A warm start
+    begins from a model that already fits the older spans and gets fewer epochs; small windows
+    still get `min_steps`, and `max_steps` is only a safety cap - early stopping on the eval
+    loss usually ends training well before the budget."""
+    epochs = hparams["warm_start_epochs" if warm_start else "epochs"]
+    wanted = -(-rows * epochs // hparams["batch_size"])
     return int(min(hparams["max_steps"], max(hparams["min_steps"], wanted)))
 
 
@@ -360,38 +491,66 @@ def _hparams(custom_config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     return hparams
 
 
+def window_profile(fn_args, window: Optional[Dict[str, Any]]) -> WindowProfile:
+    """From the window's TFDV statistics when the gate listed them, else by streaming once."""
+    files = [os.path.join(uri, "Split-train", "FeatureStats.pb")
+             for uri in (window or {}).get("statistics_uris", [])]
+    if files and all(tf.io.gfile.exists(path) for path in files):
+        return profile_from_statistics(files)
+    return profile_from_dataset(make_dataset(fn_args.train_files, 4096, shuffle=False))
+
+
+def fit(model: tf_keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
+        steps: int, hparams: Dict[str, Any]) -> Dict[str, Any]:
+    """Train for at most `steps`, checking the eval loss `evaluations` times and stopping (with
+    the best weights) once it stops improving. Several steps run inside one traced function
+    (steps_per_execution), so Python and dispatch costs are paid once per chunk, not per step."""
+    chunks = max(1, min(hparams["evaluations"], steps // max(1, hparams["min_chunk_steps"])))
+    per_chunk = -(-steps // chunks)
+    stop = tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=hparams["patience"],
+                                            min_delta=1e-4, restore_best_weights=True)
+    validation_steps = sum(1 for _ in validation)  # a few cached batches
+    history = model.fit(train, epochs=chunks, steps_per_epoch=per_chunk,
+                        validation_data=validation, validation_steps=validation_steps,
+                        callbacks=[stop], verbose=0)
+    losses = history.history.get("val_loss", [])
+    ran = len(losses)
+    return {"steps_budget": steps, "steps_run": ran * per_chunk, "evaluations": ran,
+            "stopped_early": ran < chunks,
+            "best_val_loss": round(float(min(losses)), 4) if losses else None}
+
+
 # TFX calls this.
 def run_fn(fn_args) -> None:
     hparams = _hparams(fn_args.custom_config)
     tf_keras.utils.set_random_seed(hparams["seed"])
-    train = make_dataset(fn_args.train_files, hparams["batch_size"], shuffle=True,
-                         seed=hparams["seed"])
-    evaluation = make_dataset(fn_args.eval_files, hparams["batch_size"], shuffle=False)
-    columns = _column_arrays(make_dataset(fn_args.train_files, 4096, shuffle=False))
-
     window = read_window(fn_args.train_files)
     base_uri = warm_start_source(fn_args, window, hparams)
     base_state, base_weights = None, None
     if base_uri:
         base_state, base_weights = load_warm_start(base_uri)
         logging.info("warm start from %s", base_uri)
-    state = learn_preprocessing(columns, base_state)
+    profile = window_profile(fn_args, window)
+    state = learn_preprocessing(profile, base_state)
     model = build_model(state, hparams)
     if base_weights:
         model.load_weights(base_weights).expect_partial()
     learning_rate = hparams["warm_start_learning_rate" if base_weights else "learning_rate"]
+    steps = training_steps(profile.rows, hparams, warm_start=bool(base_weights))
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                   loss="binary_crossentropy",
-                  metrics=[tf_keras.metrics.AUC(name="auc")])
-    rows = len(next(iter(columns.values())))
-    steps = training_steps(rows, hparams)
-    model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
-    logging.info("trained on %d rows, %d steps of %d (warm start: %s); eval: %s", rows, steps,
-                 hparams["batch_size"], bool(base_weights),
-                 model.evaluate(evaluation, verbose=0, return_dict=True))
+                  metrics=[tf_keras.metrics.AUC(name="auc")],
+                  steps_per_execution=hparams["steps_per_execution"])
+    train = make_dataset(fn_args.train_files, hparams["batch_size"], shuffle=True,
+                         seed=hparams["seed"])
+    validation = make_dataset(fn_args.eval_files, hparams["eval_batch_size"], shuffle=False)
+    validation = validation.take(hparams["eval_batches"]).cache()
+    summary = fit(model, train, validation, steps, hparams)
+    logging.info("trained on %d rows (warm start: %s): %s", profile.rows, bool(base_weights),
+                 summary)
 
     export_serving_model(model, fn_args.serving_model_dir,
                          _sample_serialized_examples(fn_args.eval_files, 8))
     model_uri = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
     save_warm_start(model, state, os.path.join(model_uri, WARM_START_DIR))
-    write_lineage(model_uri, window, base_uri)
+    write_lineage(model_uri, window, base_uri, summary)

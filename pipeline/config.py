@@ -56,9 +56,12 @@ class PipelineConfig:
     label_check_max_drop: float = 0.15
     label_check_min_rows: int = 50
     # Trainer
+    # Step budget = epochs over the whole window (fewer epochs from a warm start), at least
+    # min_steps; early stopping on the eval loss ends it sooner; max_steps is a safety cap.
     epochs: int = 6
-    min_steps: int = 250
-    max_steps: int = 500
+    warm_start_epochs: int = 2
+    min_steps: int = 200
+    max_steps: int = 20_000
     batch_size: int = 64
     learning_rate: float = 3e-3
     warm_start: bool = True
@@ -111,13 +114,15 @@ class PipelineConfig:
         return os.path.join(self.home, "serving", self.model_name)
 
     def trainer_hparams(self) -> Dict[str, Any]:
-        return {"epochs": self.epochs, "batch_size": self.batch_size,
+        return {"epochs": self.epochs, "warm_start_epochs": self.warm_start_epochs,
+                "batch_size": self.batch_size,
                 "min_steps": self.min_steps, "max_steps": self.max_steps,
                 "learning_rate": self.learning_rate, "warm_start": self.warm_start,
                 "seed": self.seed}
 
     def validate(self) -> "PipelineConfig":
-        positive = ("train_buckets", "eval_buckets", "window_spans", "epochs", "batch_size",
+        positive = ("train_buckets", "eval_buckets", "window_spans", "epochs", "warm_start_epochs",
+                    "batch_size",
                     "min_steps", "max_steps", "max_attempts", "keep_cycles",
                     "min_eval_examples", "trainer_gpus")
         for name in positive:

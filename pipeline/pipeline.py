@@ -46,10 +46,13 @@ def create_components(config: PipelineConfig, data_root=None,
                       serving_model_dir: Optional[str] = None) -> List:
     """All nodes in order. `data_root` may be a runtime parameter (Kubeflow)."""
     example_gen = _example_gen(config, data_root if data_root is not None else config.data_root)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    curated_schema = CuratedSchema(schema_file=config.schema_path)
+    # With the contract, TFDV computes value frequencies for the integer codes it marks
+    # categorical: the Trainer's vocabularies come from these statistics.
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
+                                                  schema=curated_schema.outputs["schema"])
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
-    curated_schema = CuratedSchema(schema_file=config.schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=curated_schema.outputs["schema"])
     previous_gate_state = tfx.dsl.Resolver(
@@ -95,7 +98,7 @@ def create_components(config: PipelineConfig, data_root=None,
                     base_directory=serving_model_dir or config.serving_model_dir)),
             custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor))
 
-    return [example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
+    return [example_gen, curated_schema, statistics_gen, schema_gen, example_validator,
             previous_gate_state, latest_blessed_model, gate, trainer, evaluator, pusher]
 
 

@@ -34,13 +34,14 @@ def test_missing_values_become_nan_minus_one_and_empty():
 
 
 def _columns(payments):
+    """A window profile with these payment types (other features constant)."""
     n = len(payments)
     columns = {name: np.full(n, 1.0, dtype=np.float32) for name in F.NUMERIC_FEATURES}
     columns.update({name: np.full(n, 1, dtype=np.int64) for name in F.CATEGORICAL_INT_FEATURES})
     columns.update({name: np.array([b""] * n, dtype=object)
                     for name in F.CATEGORICAL_STRING_FEATURES})
     columns["payment_type"] = np.array([p.encode() for p in payments], dtype=object)
-    return columns
+    return trainer.add_columns(trainer.WindowProfile(), columns)
 
 
 def test_vocabulary_is_learned_by_frequency():
@@ -66,9 +67,92 @@ def test_model_shapes_do_not_depend_on_vocabulary_size():
     assert [w.shape for w in small.weights] == [w.shape for w in large.weights]
 
 
-def test_training_steps_are_bounded():
-    hparams = dict(trainer.DEFAULT_HPARAMS, epochs=6, batch_size=64, min_steps=250,
-                   max_steps=500)
+def test_training_steps_grow_with_the_window_and_fewer_from_a_warm_start():
+    hparams = dict(trainer.DEFAULT_HPARAMS, epochs=6, warm_start_epochs=2, batch_size=64,
+                   min_steps=250, max_steps=20_000)
     assert trainer.training_steps(600, hparams) == 250
     assert trainer.training_steps(4000, hparams) == 375
-    assert trainer.training_steps(100_000, hparams) == 500
+    assert trainer.training_steps(100_000, hparams) == 9375  # no longer capped at 32k examples
+    assert trainer.training_steps(100_000, hparams, warm_start=True) == 3125
+    assert trainer.training_steps(10_000_000, hparams) == 20_000
+
+
+def test_autograph_does_not_rewrite_tf_keras():
+    """Without the rule, tracing a tf_keras train step converted every Keras internal (most of
+    the Trainer's time). It must hold once the trainer module is imported."""
+    import tf_keras
+    from tensorflow.python.autograph.impl import conversion
+
+    assert conversion.is_allowlisted(tf_keras.layers.Dense.call)
+
+
+def test_pooled_profile_matches_the_concatenated_window():
+    rng = np.random.default_rng(3)
+    parts = [rng.normal(10, 2, 300), rng.normal(14, 5, 120)]
+    profile = trainer.WindowProfile()
+    for part in parts:
+        profile.numeric["fare"].merge(part.size, part.mean(), part.var())
+    window = np.concatenate(parts)
+    assert profile.numeric["fare"].count == window.size
+    assert profile.numeric["fare"].mean == pytest.approx(window.mean())
+    assert profile.numeric["fare"].variance == pytest.approx(window.var())
+
+
+def _write_examples(path, rows):
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for row in rows:
+            writer.write(_example(**row))
+
+
+def test_preprocessing_from_tfdv_statistics_equals_reading_the_window(tmp_path):
+    """The Trainer learns from the spans' TFDV statistics; it must learn what it would have
+    learned by reading every row (int codes included, via the schema's is_categorical)."""
+    import tensorflow_data_validation as tfdv
+
+    from ctpipe.components.curated_schema import load_contract
+
+    schema = load_contract()
+    rng = np.random.default_rng(5)
+    stats_files, example_files = [], []
+    for span, (payments, hours) in enumerate([(["Cash", "Credit Card", "Cash"], [9, 9, 17]),
+                                              (["Cash", "Mobile"], [23, 9])]):
+        rows = [{"fare": float(rng.uniform(3, 40)), "trip_seconds": int(rng.integers(60, 3000)),
+                 "payment_type": payments[i % len(payments)],
+                 "trip_start_hour": hours[i % len(hours)]} for i in range(40 + 30 * span)]
+        rows[0].pop("fare")  # a missing value
+        path = str(tmp_path / f"span-{span}.gz")
+        _write_examples(path, rows)
+        example_files.append(path)
+        stats = tfdv.generate_statistics_from_tfrecord(
+            path, stats_options=tfdv.StatsOptions(schema=schema))
+        stats_path = str(tmp_path / f"stats-{span}.pb")
+        with open(stats_path, "wb") as handle:
+            handle.write(stats.SerializeToString())
+        stats_files.append(stats_path)
+
+    from_statistics = trainer.profile_from_statistics(stats_files)
+    from_rows = trainer.profile_from_dataset(trainer.make_dataset(example_files, 16, False))
+    assert from_statistics.rows == from_rows.rows == 110
+    learned = trainer.learn_preprocessing(from_statistics)
+    expected = trainer.learn_preprocessing(from_rows)
+    for name in ("fare", "trip_seconds"):
+        assert learned["numeric"][name]["mean"] == pytest.approx(
+            expected["numeric"][name]["mean"], rel=1e-4)
+        assert learned["numeric"][name]["std"] == pytest.approx(
+            expected["numeric"][name]["std"], rel=1e-3)
+    for name in ("payment_type", "trip_start_hour"):
+        assert learned["vocabulary"][name] == expected["vocabulary"][name]
+    assert learned["vocabulary"]["trip_start_hour"] == ["9", "23", "17"]  # 62, 35, 13 rows
+
+
+def test_training_batches_mix_spans_whatever_the_shuffle_buffer(tmp_path, monkeypatch):
+    """Files are read in turn, not one after another (span-10 used to precede span-9 and a
+    window larger than the shuffle buffer was seen span by span)."""
+    files = []
+    for span, payment in ((9, "Cash"), (10, "Mobile")):
+        path = str(tmp_path / f"span-{span}.gz")
+        _write_examples(path, [{"payment_type": payment, "fare": 1.0}] * 50)
+        files.append(path)
+    monkeypatch.setattr(trainer, "SHUFFLE_BUFFER", 1)
+    features, _ = next(iter(trainer.make_dataset(files, 10, shuffle=True)))
+    assert set(features["payment_type"].numpy().tolist()) == {b"Cash", b"Mobile"}
