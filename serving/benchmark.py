@@ -14,6 +14,8 @@ rows/s, p50 and p99 latency. Targets: gRPC >= 0.8x the in-process rate at batch 
 
 Rows (--targets):
   inproc   the signature's ConcreteFunction on ready tf.constant tensors: the limit
+  flat     the server's own call of that signature (Servable's flat call, TF's Python-side
+           argument binding skipped) on the same tensors: the floor under our endpoints
   servable Servable.predict on Python lists (the server's input conversion + the call)
   grpc     PredictionService/Predict with a ready PredictRequest; the reply decoded to numpy
   rest     POST :predict with a ready JSON body (row "instances" by default); reply parsed
@@ -39,7 +41,7 @@ ROW = {"fare": [12.5], "trip_miles": [2.0], "trip_seconds": [600.0], "pickup_lat
        "dropoff_census_tract": [-1], "payment_type": ["Credit Card"], "company": [""]}
 RAW = "serving_raw"
 EXAMPLES = "serving_default"
-TARGETS = ("inproc", "servable", "grpc", "rest")
+TARGETS = ("inproc", "flat", "servable", "grpc", "rest")
 
 
 # -- request payloads ---------------------------------------------------------------------------
@@ -84,7 +86,7 @@ class Setup:
     def caller(self, target: str, signature: str, batch: int) -> Callable[[], Callable[[], Any]]:
         """A factory: each thread calls it once for its own client, then loops on the call."""
         inputs = payload(signature, batch)
-        if target == "inproc":
+        if target in ("inproc", "flat"):
             import tensorflow as tf
 
             signature_def, function = self.servable.signature(signature)
@@ -92,6 +94,9 @@ class Setup:
                 signature_def.inputs[alias].dtype)) for alias, values in
                 {k: [v.encode() if isinstance(v, str) else v for v in vs]
                  for k, vs in inputs.items()}.items()}
+            if target == "flat":
+                call = self.servable._calls[signature]
+                return lambda: (lambda: {k: v.numpy() for k, v in call(tensors).items()})
             return lambda: (lambda: {k: v.numpy() for k, v in function(**tensors).items()})
         if target == "servable":
             return lambda: (lambda: self.servable.predict(signature, inputs))
@@ -236,7 +241,7 @@ def cells(args, targets: List[str]):
         for batch in batches:
             for concurrency in args.concurrency:
                 for target in targets:
-                    if signature == EXAMPLES and target == "servable":
+                    if signature == EXAMPLES and target in ("servable", "flat"):
                         continue
                     yield signature, batch, concurrency, target
 
@@ -262,11 +267,14 @@ def ratios(results, args) -> List[Dict[str, Any]]:
     for signature in (RAW, EXAMPLES):
         for concurrency in args.concurrency:
             if 32 in (args.batches if signature == RAW else args.example_batches):
-                grpc, inproc = (find(results, t, signature, 32, concurrency)
-                                for t in ("grpc", "inproc"))
+                grpc, inproc, flat = (find(results, t, signature, 32, concurrency)
+                                      for t in ("grpc", "inproc", "flat"))
                 if grpc and inproc:
                     add(f"gRPC / in-process rate, {signature} batch 32, c{concurrency}",
                         grpc["qps"] / inproc["qps"], 0.8, ">=")
+                if grpc and flat:
+                    add(f"gRPC / flat in-process rate, {signature} batch 32, c{concurrency}",
+                        grpc["qps"] / flat["qps"], 0.8, ">=")
         if signature == RAW and 1 in args.batches:
             for concurrency in args.concurrency:
                 grpc = find(results, "grpc", RAW, 1, concurrency)
@@ -331,7 +339,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     targets = [t for t in args.targets.split(",") if t]
     if not args.model_base_path:
-        targets = [t for t in targets if t not in ("inproc", "servable")]
+        targets = [t for t in targets if t not in ("inproc", "flat", "servable")]
     setup = Setup(args)
     server = None
     if not (args.grpc and args.rest):
