@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctpipe-installed
 
-.PHONY: demo test venv lint wheel-check schema-diff benchmark kubeflow-compile kubeflow-image clean
+.PHONY: demo test venv lint wheel-check schema-diff bench kubeflow-compile kubeflow-image clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,10 @@ wheel-check: $(STAMP)
 schema-diff: $(STAMP)
 	$(VENV)/bin/ctpipe schema-diff --data-root data/sample
 
-benchmark: $(STAMP)
-	$(PY) -m ctpipe.pipeline.benchmark
+# ctpipe vs stock TFX, scaling 1x/10x/100x, serving: tables on stdout, JSON in the work folder.
+# BENCH_ARGS="--quick" skips 100x; "--skip-scaling", "--skip-serving", "--work DIR".
+bench: $(STAMP)
+	$(PY) -m ctpipe.pipeline.bench $(BENCH_ARGS)
 
 KFP_TARGET ?= kfp
 KFP_SPEC ?= kubeflow/out/ctpipe.$(if $(filter vertex,$(KFP_TARGET)),json,yaml)

@@ -1,0 +1,1 @@
+"""`make bench`: ctpipe against a stock TFX reference pipeline, scaling, serving speed."""

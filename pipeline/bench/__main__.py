@@ -1,0 +1,112 @@
+"""`make bench`: ctpipe vs a stock TFX pipeline, scaling with the data, serving speed.
+
+Usage: python -m ctpipe.pipeline.bench [--work DIR] [--scales 1 10 100] [--skip-scaling]
+       [--skip-serving] [--json-out FILE]
+Everything is measured side by side in this one run - the machine is noisy, so read the ratios.
+It prints markdown tables and writes JSON; it asserts nothing (no test asserts on time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def machine() -> Dict[str, Any]:
+    memory = None
+    try:
+        with open("/proc/meminfo") as handle:
+            memory = round(int(handle.readline().split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "memory_gib": memory,
+            "python": platform.python_version(), "system": platform.platform()}
+
+
+def serving_bench(work: str, model_base: str, quick: bool) -> Optional[Dict[str, Any]]:
+    """serving/benchmark.py on the model ctpipe just pushed, in its own process."""
+    out = os.path.join(work, "serving.json")
+    argv = [sys.executable, "-m", "ctpipe.serving.benchmark", "--model-base-path", model_base,
+            "--json-out", out] + (["--quick"] if quick else [])
+    completed = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print(completed.stdout)
+    if completed.returncode != 0 or not os.path.exists(out):
+        print(f"serving benchmark failed (exit {completed.returncode})", file=sys.stderr)
+        return None
+    with open(out) as handle:
+        return json.load(handle)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", help="folder for homes, data and logs (default: new temp)")
+    parser.add_argument("--sample", default=None, help="sample spans (default: data/sample)")
+    parser.add_argument("--first-spans", type=int, default=15,
+                        help="spans 1..N present before the first cycle (default 15)")
+    parser.add_argument("--stock-train-steps", type=int, default=200)
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-serving", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="scales 1 and 10 only, short serving loops")
+    parser.add_argument("--json-out", help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    from ctpipe.pipeline.bench import compare, scaling
+    from ctpipe.pipeline.demo import REPO_SAMPLE
+    from ctpipe.pipeline.progress import Progress
+
+    sample = args.sample or str(REPO_SAMPLE)
+    work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="ctpipe-bench-"))
+    os.makedirs(work, exist_ok=True)
+    scales = [s for s in args.scales if s <= 10] if args.quick else args.scales
+    steps = 7 + (0 if args.skip_scaling else 3 * len(scales)) + (0 if args.skip_serving else 1)
+    progress = Progress(steps)
+    started = time.monotonic()
+    print(f"bench work folder: {work}", file=sys.stderr)
+
+    result: Dict[str, Any] = {"machine": machine(), "work": work}
+    result["comparison"] = compare.compare(sample, work, list(range(1, args.first_spans + 1)),
+                                           args.first_spans + 1, args.stock_train_steps,
+                                           progress)
+    if not args.skip_scaling:
+        result["scaling"] = scaling.run_scaling(sample, work, scales, progress)
+    if not args.skip_serving:
+        with progress.step("serving: in-process vs gRPC vs REST"):
+            result["serving"] = serving_bench(
+                work, os.path.join(work, "ctpipe", "serving", "big_tipper"), args.quick)
+    result["seconds"] = round(time.monotonic() - started, 1)
+
+    info = result["machine"]
+    print(f"\n## Cycle time: ctpipe vs stock TFX ({info['cpus']} CPUs, {info['cpu']})\n")
+    print(compare.markdown(result["comparison"]))
+    if "scaling" in result:
+        print("\n## Scaling with the data (ctpipe)\n")
+        print(scaling.markdown(result["scaling"]))
+    if result.get("serving") and result["serving"].get("markdown"):
+        print("\n## Serving\n")
+        print(result["serving"]["markdown"])
+    path = args.json_out or os.path.join(work, "bench.json")
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)
+    print(f"\nJSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
