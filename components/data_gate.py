@@ -57,7 +57,8 @@ class GateDecision:
 
 def decide(span: int, examples_uri: str, statistics_uri: str, schema_reasons: List[str],
            drift_reasons: List[str], previous: Ledger, window_spans: int,
-           label_reasons: Optional[List[str]] = None) -> GateDecision:
+           label_reasons: Optional[List[str]] = None, rows: Optional[int] = None,
+           window_min_rows: int = 0) -> GateDecision:
     """Pure decision: accept the span (it joins the window, ordered by span number) or
     quarantine it (the ledger keeps the reasons and its artifacts for a later release)."""
     baseline = previous.baseline(span)
@@ -67,8 +68,11 @@ def decide(span: int, examples_uri: str, statistics_uri: str, schema_reasons: Li
         ledger = previous.quarantine(span, reasons, by="gate", **uris)
         window: List[Dict[str, Any]] = []
     else:
-        ledger = previous.accept({"span": span, **uris})
-        window = ledger.window(span, window_spans)
+        entry = {"span": span, **uris}
+        if rows is not None:
+            entry["rows"] = rows
+        ledger = previous.accept(entry)
+        window = ledger.window(span, window_spans, window_min_rows)
     return GateDecision(span=span, accepted=not reasons, reasons=reasons, ledger=ledger,
                         training_spans=[entry["span"] for entry in window],
                         baseline_span=baseline["span"] if baseline else None)
@@ -206,6 +210,7 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     production_model: InputArtifact[standard_artifacts.Model] = None,
     span_selection: InputArtifact[GateState] = None,
     window_spans: Parameter[int] = 3,
+    window_min_rows: Parameter[int] = 0,
     label_check_max_drop: Parameter[float] = 0.15,
     label_check_min_rows: Parameter[int] = 50,
     drift_split: Parameter[str] = "train",
@@ -241,8 +246,10 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
         checks["labels"] = result.to_dict()
         if result.span_rows >= label_check_min_rows and result.failed:
             label_found.append(result.reason(span))
+    train_rows = int(load_split_statistics(statistics.uri, "train").datasets[0].num_examples)
     decision = decide(span, examples.uri, statistics.uri, schema_found, drift_found, previous,
-                      window_spans, label_found)
+                      window_spans, label_found, rows=train_rows,
+                      window_min_rows=window_min_rows)
     warm_start = choose_warm_start(decision.ledger, production, _model_usable)
     checks["warm_start"] = warm_start
 
@@ -263,7 +270,7 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     training_examples.set_string_custom_property("training_spans",
                                                  json.dumps(decision.training_spans))
     if decision.accepted:
-        window = decision.ledger.window(span, window_spans)
+        window = decision.ledger.window(span, window_spans, window_min_rows)
         _link_window(window, training_examples.uri)
         with tf.io.gfile.GFile(os.path.join(training_examples.uri, WINDOW_FILE), "w") as handle:
             # The spans' own TFDV statistics: the Trainer learns vocabularies and

@@ -71,9 +71,25 @@ class Ledger:
             return None
         return before[0]
 
-    def window(self, span: int, window_spans: int) -> List[Entry]:
-        """The last K accepted spans up to and including `span`, oldest first."""
-        return [entry for entry in self.accepted if entry["span"] <= span][-window_spans:]
+    def window(self, span: int, window_spans: int, min_rows: int = 0) -> List[Entry]:
+        """The last K accepted spans up to and including `span`, oldest first - extended with
+        older accepted spans while it holds fewer than `min_rows` training rows, so a run of
+        tiny spans (a quiet quarter, a partial export) does not shrink the training data to a
+        few hundred rows. The extension never reaches back past the drift anchor (an accepted
+        lasting change) and stops at an entry whose row count is unknown (older ledgers)."""
+        accepted = [entry for entry in self.accepted if entry["span"] <= span]
+        window, older = accepted[-window_spans:], accepted[:-window_spans]
+        if any("rows" not in entry for entry in window):
+            return window
+        rows = sum(entry["rows"] for entry in window)
+        while older and rows < min_rows:
+            candidate = older.pop()
+            if "rows" not in candidate or (self.drift_anchor is not None
+                                           and candidate["span"] < self.drift_anchor):
+                break
+            window.insert(0, candidate)
+            rows += candidate["rows"]
+        return window
 
     def is_clean(self, spans: Iterable[int]) -> bool:
         return not set(spans) & set(self.quarantined_spans())

@@ -501,23 +501,36 @@ def window_profile(fn_args, window: Optional[Dict[str, Any]]) -> WindowProfile:
 
 
 def fit(model: tf_keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
-        steps: int, hparams: Dict[str, Any]) -> Dict[str, Any]:
+        steps: int, hparams: Dict[str, Any], warm_start: bool = False) -> Dict[str, Any]:
     """Train for at most `steps`, checking the eval loss `evaluations` times and stopping (with
     the best weights) once it stops improving. Several steps run inside one traced function
-    (steps_per_execution), so Python and dispatch costs are paid once per chunk, not per step."""
+    (steps_per_execution), so Python and dispatch costs are paid once per chunk, not per step.
+
+    A warm start begins from a model that already works: if no checkpoint beats its eval loss,
+    its weights are kept rather than handing back a model that training made worse."""
     chunks = max(1, min(hparams["evaluations"], steps // max(1, hparams["min_chunk_steps"])))
     per_chunk = -(-steps // chunks)
+    validation_steps = sum(1 for _ in validation)  # a few cached batches
+    start_loss, start_weights = None, None
+    if warm_start:
+        start_loss = float(model.evaluate(validation, steps=validation_steps, verbose=0,
+                                          return_dict=True)["loss"])
+        start_weights = model.get_weights()
     stop = tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=hparams["patience"],
                                             min_delta=1e-4, restore_best_weights=True)
-    validation_steps = sum(1 for _ in validation)  # a few cached batches
     history = model.fit(train, epochs=chunks, steps_per_epoch=per_chunk,
                         validation_data=validation, validation_steps=validation_steps,
                         callbacks=[stop], verbose=0)
     losses = history.history.get("val_loss", [])
-    ran = len(losses)
-    return {"steps_budget": steps, "steps_run": ran * per_chunk, "evaluations": ran,
-            "stopped_early": ran < chunks,
-            "best_val_loss": round(float(min(losses)), 4) if losses else None}
+    best = min(losses) if losses else None
+    kept_start = start_loss is not None and best is not None and best > start_loss
+    if kept_start:
+        model.set_weights(start_weights)
+    rounded = lambda value: None if value is None else round(float(value), 4)  # noqa: E731
+    return {"steps_budget": steps, "steps_run": len(losses) * per_chunk,
+            "evaluations": len(losses), "stopped_early": len(losses) < chunks,
+            "start_val_loss": rounded(start_loss), "best_val_loss": rounded(best),
+            "kept_warm_start_weights": kept_start}
 
 
 # TFX calls this.
@@ -545,7 +558,7 @@ def run_fn(fn_args) -> None:
                          seed=hparams["seed"])
     validation = make_dataset(fn_args.eval_files, hparams["eval_batch_size"], shuffle=False)
     validation = validation.take(hparams["eval_batches"]).cache()
-    summary = fit(model, train, validation, steps, hparams)
+    summary = fit(model, train, validation, steps, hparams, warm_start=bool(base_weights))
     logging.info("trained on %d rows (warm start: %s): %s", profile.rows, bool(base_weights),
                  summary)
 

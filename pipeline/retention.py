@@ -5,10 +5,12 @@ older than the last `keep_cycles` are removed from disk; their ML Metadata recor
 DELETED so no resolver hands them out again. Never removed, whatever their age:
   - the examples and statistics of the accepted spans the next cycles read (training window,
     drift baseline and long reference, label-check reference: the last `window_spans + 1`
-    accepted spans) and of quarantined spans (a release turns them back into training data);
+    accepted spans, extended like the window to `window_min_rows`) and of quarantined spans
+    (a release turns them back into training data);
   - the production model (newest blessed) and its warm-start parent.
-Cycle logs beyond the newest 10 x keep_cycles are removed too. ML Metadata records are kept
-(a few tens of kB per cycle); served versions are the release manifest's business.
+Cycle logs beyond the newest 10 x keep_cycles are removed too, and served version directories
+beyond the newest keep_cycles that the release manifest does not name. ML Metadata records are
+kept (a few tens of kB per cycle).
 """
 from __future__ import annotations
 
@@ -59,7 +61,9 @@ def protected_uris(store, config: PipelineConfig) -> Set[str]:
 
     ledger, _ = latest_ledger(store, config.pipeline_name)
     keep: Set[str] = set()
-    for entry in ledger.accepted[-(config.window_spans + 1):] + ledger.quarantined:
+    newest = ledger.accepted[-1]["span"] if ledger.accepted else 0
+    needed = ledger.window(newest, config.window_spans + 1, config.window_min_rows)
+    for entry in needed + ledger.quarantined:
         keep.update(entry.get(key) for key in ("examples_uri", "statistics_uri"))
     model = production_model(store)
     if model is not None:
@@ -91,9 +95,34 @@ def prune_logs(config: PipelineConfig) -> List[str]:
     return removed
 
 
+def prune_served_versions(config: PipelineConfig) -> List[int]:
+    """Served version directories beyond the newest `keep_cycles`, unless the release manifest
+    names them (stable, canary, previous, or a version being loaded). Without a manifest nothing
+    is removed: what serves is then unknown. The manifest lock is held so no label can move to
+    a version while it is being deleted."""
+    from ctpipe.components import release
+    from ctpipe.components.layout import version_dirs
+
+    base = os.path.abspath(config.serving_model_dir)
+    path = release.manifest_path(os.path.dirname(base))
+    if not os.path.exists(path):
+        return []
+    with release.exclusive(path):
+        named = set(release.read_release(path, config.model_name, base).versions)
+        directories = version_dirs(base)
+        newest = set(sorted(directories)[-config.keep_cycles:])
+        removed = [v for v in sorted(directories) if v not in named | newest]
+        for version in removed:
+            shutil.rmtree(os.path.join(base, directories[version]), ignore_errors=True)
+    if removed:
+        logging.info("retention: removed served versions %s", removed)
+    return removed
+
+
 def apply_retention(store, config: PipelineConfig) -> List[str]:
     """Remove what the policy allows; returns the removed URIs."""
     prune_logs(config)
+    prune_served_versions(config)
     runs = pipeline_runs(store, config.pipeline_name)
     old = runs[:-config.keep_cycles] if len(runs) > config.keep_cycles else []
     if not old:

@@ -142,3 +142,29 @@ def test_warm_start_skips_models_whose_files_are_gone():
     ledger = _accepted(1, 2, 3).remember_model("/m/2", [1, 2])
     choice = choose_warm_start(ledger, PRODUCTION, usable=lambda uri: uri == "/m/2")
     assert choice["uri"] == "/m/2" and "files are gone" in choice["reason"]
+
+
+def _with_rows(rows_by_span, anchor=None):
+    ledger = Ledger(drift_anchor=anchor)
+    for span, rows in rows_by_span.items():
+        ledger = decide(span, f"/ex/{span}", f"/st/{span}", [], [], ledger, 3,
+                        rows=rows).ledger
+    return ledger
+
+
+def test_a_run_of_tiny_spans_extends_the_window_to_enough_rows():
+    ledger = _with_rows({1: 700, 2: 700, 3: 700, 4: 130, 5: 140})
+    new = decide(6, "/ex/6", "/st/6", [], [], ledger, 3, rows=135, window_min_rows=1500)
+    assert new.training_spans == [2, 3, 4, 5, 6]  # 4..6 hold 405 rows, 2..6 hold 1805
+    assert [e["span"] for e in new.ledger.window(6, 3, 1000)] == [3, 4, 5, 6]
+    assert [e["span"] for e in new.ledger.window(6, 3, 0)] == [4, 5, 6]
+    big = decide(6, "/ex/6", "/st/6", [], [], ledger, 3, rows=5000, window_min_rows=1500)
+    assert big.training_spans == [4, 5, 6]
+
+
+def test_the_extension_stops_at_the_drift_anchor_and_at_unknown_row_counts():
+    anchored = _with_rows({1: 700, 2: 700, 3: 700, 4: 130, 5: 140}, anchor=3)
+    assert [e["span"] for e in anchored.window(5, 2, 5000)] == [3, 4, 5]
+    legacy = _accepted(1, 2, 3)  # entries written before rows were recorded
+    ledger = decide(4, "/ex/4", "/st/4", [], [], legacy, 2, rows=10).ledger
+    assert [e["span"] for e in ledger.window(4, 2, 5000)] == [3, 4]

@@ -19,6 +19,8 @@ class CycleRun:
     components: Dict[str, float] = dataclasses.field(default_factory=dict)
     auc: Optional[float] = None
     auc_stderr: Optional[float] = None
+    auc_all_spans: Optional[float] = None
+    auc_all_spans_stderr: Optional[float] = None
     log: str = ""
 
     def to_dict(self) -> Dict[str, object]:
