@@ -5,6 +5,10 @@ polls the base path and can load a version whose variables are still being copie
 is copied into a hidden sibling directory (TF Serving ignores names that are not integers), checked,
 and renamed into place in one step. Versions are small integers that only grow: one more than the
 highest version ever published (a high-water file remembers versions that were later deleted).
+
+Then the release manifest (components/release.py) names the new version as `canary` - stable is
+unchanged, and the very first push becomes stable - after the server has loaded it when a server
+address is configured (custom_config `serving_rest`).
 """
 from __future__ import annotations
 
@@ -121,5 +125,30 @@ class AtomicPusherExecutor(pusher_executor.Executor):
             exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         base = destination.filesystem.base_directory
         version = publish_atomically(self.GetModelPath(input_dict), base)
+        labels = release_new_version(base, version, _custom_config(exec_properties))
         self._MarkPushed(model_push, pushed_destination=os.path.join(base, str(version)),
                          pushed_version=str(version))
+        for label, labelled in labels.items():
+            model_push.set_int_custom_property(f"release_{label}", labelled)
+
+
+def _custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    import json
+
+    value = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "{}"
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
+def release_new_version(base: str, version: int, custom_config: Dict[str, Any]
+                        ) -> Dict[str, int]:
+    """Name the published version in the release manifest beside the base path; returns the
+    labels after the change."""
+    from ctpipe.components import release
+
+    serving_rest = custom_config.get("serving_rest") or ""
+    waiter = release.rest_waiter(serving_rest) if serving_rest else None
+    base = base.rstrip("/")
+    change = release.apply(release.manifest_path(os.path.dirname(base)), os.path.basename(base),
+                           base, lambda current: release.after_push(current, version), waiter)
+    logging.info("release manifest: %s -> %s", change["before"].labels, change["after"].labels)
+    return change["after"].labels

@@ -47,6 +47,7 @@ def build_kubeflow_pipeline(config: PipelineConfig):
                                             default=config.kfp_data_root)
     pipeline = create_pipeline(config, pipeline_root=config.kfp_pipeline_root,
                                data_root=data_root, serving_model_dir=config.kfp_serving_dir,
+                               serving_rest=config.kfp_serving_rest,
                                beam_pipeline_args=cluster_beam_args(config))
     apply_resources(pipeline, config)
     return pipeline

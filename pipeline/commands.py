@@ -153,10 +153,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
         decisions = cycles.history(store, config.pipeline_name)
         extra = _local_status(store, config, args.data_root)
+    release = {}
+    if not args.mlmd_host:
+        from ctpipe.pipeline.release_ops import release_state
+
+        state = release_state(config)
+        release = {"stable_version": state.stable, "canary_version": state.canary,
+                   "previous_version": state.previous}
     report = {
         "model_name": config.model_name,
         "model_base_path": os.path.abspath(config.serving_model_dir),
         "serving_version": outcomes.serving_version(decisions),
+        **release,
         **extra,
         "history": [d.to_dict() for d in decisions],
     }
@@ -165,13 +173,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"model {report['model_name']} at {report['model_base_path']}")
     print(f"serving version: {report['serving_version']}")
+    if release:
+        print(f"release: stable {release['stable_version']}   canary "
+              f"{release['canary_version']}   previous {release['previous_version']}")
     if extra:
         print(f"pending spans: {formatting.list_text(extra['pending_spans'])}   quarantined spans: "
               f"{formatting.list_text(extra['quarantined_spans'])}   running: "
               f"{formatting.list_text(extra['running_spans'])}")
     print(formatting.history_table(decisions))
     for action in extra.get("operator_actions", []):
-        print(f"operator: {action['action']} span {action['span']} by {action['user']} at "
+        subject = (f"span {action['span']}" if action["span"] is not None else
+                   formatting.labels_change(action.get("details", {})))
+        print(f"operator: {action['action']} {subject} by {action['user']} at "
               f"{formatting.time_text(action['at'])}: {action['reason']}")
     return EXIT_OK
 

@@ -51,6 +51,9 @@ class PipelineConfig:
     eval_buckets: int = 1
     # Data gate and training window
     window_spans: int = 3
+    # ... extended with older accepted spans while the window holds fewer training rows than
+    # this (tiny spans would otherwise leave a few hundred rows to train on); 0 = spans only.
+    window_min_rows: int = 2000
     # Poisoned labels: the production model's AUC on the new span may fall at most this far
     # below its AUC on the window's eval data; checked when the span has this many eval rows.
     label_check_max_drop: float = 0.15
@@ -71,6 +74,13 @@ class PipelineConfig:
     min_auc: float = 0.70
     max_auc_drop: float = 0.02
     min_eval_examples: int = 50
+    # Release (components/release.py): the Pusher names each new version `canary` in
+    # <home>/serving/models.config. "auto": `ctpipe guard`/`watch` promote a canary that passed
+    # its live checks; "manual": only `ctpipe promote` does.
+    promotion: str = "manual"
+    # A running server's REST address (e.g. http://127.0.0.1:8501): the Pusher waits until the
+    # new version is AVAILABLE there before it moves a label. "" = do not wait.
+    serving_rest: str = ""
     # Beam: DirectRunner in-memory is fastest for small spans; Kubeflow overrides these.
     beam_pipeline_args: List[str] = dataclasses.field(
         default_factory=lambda: list(DIRECT_RUNNER_ARGS))
@@ -83,6 +93,9 @@ class PipelineConfig:
     # kfp_models_mount (the PVC serving/k8s mounts read-only).
     kfp_serving_dir: str = "/models/big_tipper"
     kfp_models_pvc: str = "ctpipe-models"
+    # TF Serving's REST service in the cluster (serving/k8s): the Pusher waits for a new
+    # version to be AVAILABLE there before it names it canary.
+    kfp_serving_rest: str = "http://tf-serving:8501"
     kfp_models_mount: str = "/models"
     # KFP's ML Metadata (our resolver and span-selection steps query it).
     kfp_mlmd_host: str = "metadata-grpc-service.kubeflow"
@@ -130,6 +143,10 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.min_auc <= 1.0:
             raise ConfigError(f"min_auc must be within [0, 1], got {self.min_auc}")
+        if self.window_min_rows < 0:
+            raise ConfigError(f"window_min_rows must be >= 0, got {self.window_min_rows}")
+        if self.promotion not in ("manual", "auto"):
+            raise ConfigError(f"promotion must be 'manual' or 'auto', got {self.promotion!r}")
         if self.max_auc_drop < 0:
             raise ConfigError(f"max_auc_drop must be >= 0, got {self.max_auc_drop}")
         for name in ("span", "from_span"):

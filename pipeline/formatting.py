@@ -89,3 +89,10 @@ def _headline_reason(decision) -> str:
 
 def _num(value: Optional[float], fmt: str = ".4f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def labels_change(details: dict) -> str:
+    """'stable=1, canary=2 -> stable=2, previous=1' for a release action's details."""
+    def text(labels):
+        return ", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "none"
+    return f"{text(details.get('before'))} -> {text(details.get('after'))}"

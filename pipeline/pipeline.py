@@ -43,7 +43,8 @@ def _example_gen(config: PipelineConfig, data_root) -> FileBasedExampleGen:
 
 
 def create_components(config: PipelineConfig, data_root=None,
-                      serving_model_dir: Optional[str] = None) -> List:
+                      serving_model_dir: Optional[str] = None,
+                      serving_rest: Optional[str] = None) -> List:
     """All nodes in order. `data_root` may be a runtime parameter (Kubeflow)."""
     example_gen = _example_gen(config, data_root if data_root is not None else config.data_root)
     curated_schema = CuratedSchema(schema_file=config.schema_path)
@@ -71,6 +72,7 @@ def create_components(config: PipelineConfig, data_root=None,
         previous_state=previous_gate_state.outputs["state"],
         production_model=latest_blessed_model.outputs["model"],
         window_spans=config.window_spans,
+        window_min_rows=config.window_min_rows,
         label_check_max_drop=config.label_check_max_drop,
         label_check_min_rows=config.label_check_min_rows)
 
@@ -96,6 +98,10 @@ def create_components(config: PipelineConfig, data_root=None,
             push_destination=tfx.proto.PushDestination(
                 filesystem=tfx.proto.PushDestination.Filesystem(
                     base_directory=serving_model_dir or config.serving_model_dir)),
+            # Where the Pusher waits for the new version to be AVAILABLE before it names it
+            # canary in the release manifest (components/release.py); "" = do not wait.
+            custom_config={"serving_rest": config.serving_rest if serving_rest is None
+                           else serving_rest},
             custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor))
 
     return [example_gen, curated_schema, statistics_gen, schema_gen, example_validator,
@@ -104,13 +110,13 @@ def create_components(config: PipelineConfig, data_root=None,
 
 def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = None,
                     data_root=None, serving_model_dir: Optional[str] = None,
-                    metadata_connection_config=None,
+                    serving_rest: Optional[str] = None, metadata_connection_config=None,
                     beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
     """The pipeline for any runner; runners pass only locations, metadata and beam args."""
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root or os.path.abspath(config.pipeline_root),
-        components=create_components(config, data_root, serving_model_dir),
+        components=create_components(config, data_root, serving_model_dir, serving_rest),
         enable_cache=False,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None

@@ -26,7 +26,16 @@ def register(commands) -> None:
     serve.add_argument("--rest-api-port", type=int, default=8501)
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     serve.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0)
+    serve.add_argument("--model-config-file-poll-wait-seconds", type=float, default=0.25,
+                       help="re-read --model-config-file (or --home's release manifest) this "
+                       "often; 0 = read once")
     serve.add_argument("--max-request-mb", type=float, default=16.0)
+    serve.add_argument("--canary-percent", type=float, default=0.0,
+                       help="send this %% of unlabelled requests to the canary version")
+    serve.add_argument("--shadow", action="store_true",
+                       help="score canary on stable's requests (not returned); metrics only")
+    serve.add_argument("--shadow-sample", type=float, default=1.0,
+                       help="fraction of stable's requests shadowed (default 1.0)")
     add_config_flags(serve)
 
     predict = commands.add_parser("predict", help="query a TF Serving endpoint")
@@ -49,12 +58,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from ctpipe.components.release import manifest_path
     from ctpipe.pipeline.spans import BadInput
     from ctpipe.serving import model_config
     from ctpipe.serving.servables import ServingError
     from ctpipe.serving.server import start_server
 
     config = load_config(args, home=args.home)
+    if not 0.0 <= args.canary_percent <= 100.0:
+        raise BadInput(f"--canary-percent must be within [0, 100], got {args.canary_percent}")
+    if args.shadow and not 0.0 < args.shadow_sample <= 1.0:
+        raise BadInput(f"--shadow-sample must be within (0, 1], got {args.shadow_sample}")
+    config_file = None
     if args.model_config_file:
         try:
             with open(args.model_config_file) as handle:
@@ -63,19 +78,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise BadInput(f"cannot read model config {args.model_config_file}: {error.strerror}")
         except ServingError as error:
             raise BadInput(f"{args.model_config_file}: {error.message}")
+        if args.model_config_file_poll_wait_seconds > 0:
+            config_file = os.path.abspath(args.model_config_file)
     elif args.model_base_path:
         if not args.model_name:
             raise BadInput("--model-base-path needs --model-name")
         models = model_config.single_model(args.model_name, os.path.abspath(args.model_base_path))
     else:
-        models = model_config.single_model(args.model_name or config.model_name,
-                                           os.path.abspath(config.serving_model_dir))
+        # The release manifest decides what serves; until the first push writes it, the latest
+        # version under the base path (there is none yet on a fresh home).
+        base = os.path.abspath(config.serving_model_dir)
+        models = model_config.single_model(args.model_name or config.model_name, base)
+        config_file = manifest_path(os.path.dirname(base))
+    poll = args.file_system_poll_wait_seconds
+    if config_file and args.model_config_file_poll_wait_seconds > 0:
+        poll = min(poll, args.model_config_file_poll_wait_seconds)
     try:
         server = start_server(models, host=args.host, grpc_port=args.port,
-                              rest_port=args.rest_api_port,
-                              poll_seconds=args.file_system_poll_wait_seconds,
+                              rest_port=args.rest_api_port, poll_seconds=poll,
                               max_request_bytes=int(args.max_request_mb * 1024 * 1024),
-                              on_event=lambda line: print(line, file=sys.stderr, flush=True))
+                              on_event=lambda line: print(line, file=sys.stderr, flush=True),
+                              config_file=config_file, canary_percent=args.canary_percent,
+                              shadow_sample=args.shadow_sample if args.shadow else None)
     except OSError as error:
         raise BadInput(f"cannot listen on {args.host}:{args.port}/{args.rest_api_port}: "
                        f"{error.strerror or error}")

@@ -1,30 +1,127 @@
-"""The request core both protocols share: resolve the servable, run the API, record metrics.
-REST (serving/rest.py) and gRPC (serving/grpc_service.py) only translate wire formats."""
+"""The request core both protocols share: resolve the servable, run the API, record metrics,
+and shadow-score the canary. REST (serving/rest.py) and gRPC (serving/grpc_service.py) only
+translate wire formats."""
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from ctpipe.pipeline.errors import ServingError
 from ctpipe.serving.metrics import Metrics
 from ctpipe.serving.registry import ModelRegistry
 from ctpipe.serving.servables import Servable
 
+SHADOW_QUEUE = 64  # shadow calls waiting at most; beyond, new ones are dropped (and counted)
+
+
+class Shadow:
+    """Scores canary on a sample of the requests stable answered, off the request path: the
+    client gets stable's answer at stable's latency; the comparison only feeds metrics.
+
+    Disagreement: rows whose 0.5-thresholded first output differs (a changed decision), and the
+    summed absolute difference of the first output (how far the scores moved)."""
+
+    def __init__(self, metrics: Metrics, sample_rate: float = 1.0, workers: int = 1):
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"shadow sample rate must be within (0, 1], got {sample_rate}")
+        self.metrics, self.sample_rate = metrics, sample_rate
+        self._credit = 0.0
+        self._lock = threading.Lock()
+        self._pending = threading.BoundedSemaphore(SHADOW_QUEUE)
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shadow")
+
+    def _sampled(self) -> bool:
+        with self._lock:
+            self._credit += self.sample_rate
+            if self._credit >= 1.0 - 1e-9:
+                self._credit -= 1.0
+                return True
+            return False
+
+    def submit(self, model: str, stable: Servable, canary: Servable,
+               work: Callable[[Servable], Any], answer: Any) -> None:
+        if not self._sampled():
+            return
+        if not self._pending.acquire(blocking=False):
+            self.metrics.count_shadow_dropped(model)
+            return
+        self._pool.submit(self._compare, model, stable, canary, work, answer)
+
+    def _compare(self, model, stable, canary, work, answer) -> None:
+        started = time.perf_counter()
+        try:
+            shadow_answer = work(canary)
+            seconds = time.perf_counter() - started
+            ours, theirs = _first_scores(answer), _first_scores(shadow_answer)
+            if ours is None or theirs is None or ours.shape != theirs.shape:
+                self.metrics.observe_shadow(model, stable.version, canary.version, 0, 0, 0.0,
+                                            seconds, status="INCOMPARABLE")
+                return
+            flips = int(np.sum((ours > 0.5) != (theirs > 0.5)))
+            self.metrics.observe_shadow(model, stable.version, canary.version, ours.size, flips,
+                                        float(np.sum(np.abs(ours - theirs))), seconds)
+        except Exception:  # noqa: BLE001 - a failing canary is a metric, never a request error
+            self.metrics.observe_shadow(model, stable.version, canary.version, 0, 0, 0.0,
+                                        time.perf_counter() - started, status="ERROR")
+        finally:
+            self._pending.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _first_scores(answer: Any) -> Optional[np.ndarray]:
+    """The first float output of a predict (dict of arrays), classify or regress answer."""
+    if isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[1], dict):
+        answer = answer[1]  # (servable, outputs) from ServingCore.run
+    if isinstance(answer, dict):
+        for value in answer.values():
+            array = np.asarray(value)
+            if array.dtype.kind == "f":
+                return array.reshape(-1).astype(np.float64)
+        return None
+    try:
+        array = np.asarray(answer, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return array.reshape(-1)
+
 
 class ServingCore:
-    def __init__(self, registry: ModelRegistry, metrics: Optional[Metrics] = None):
+    def __init__(self, registry: ModelRegistry, metrics: Optional[Metrics] = None,
+                 shadow: Optional[Shadow] = None):
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self.shadow = shadow
+        self.request_log = None  # serving/request_log.py RequestLogger, set by start_server
+        self.metrics.add_gauges(self._label_gauges)
+
+    def _label_gauges(self) -> List[str]:
+        lines = ["# TYPE ctpipe_serving_label_version gauge"]
+        for name in self.registry.model_names():
+            for label, version in sorted(self.registry.labels(name).items()):
+                lines.append(f'ctpipe_serving_label_version{{model_name="{name}",'
+                             f'version_label="{label}"}} {version}')
+        return lines
 
     def run(self, api: str, entrypoint: str, model: str, version: Optional[int],
             label: Optional[str], work: Callable[[Servable], Any]) -> Tuple[Servable, Any]:
         """Resolve the servable once and do all the request's work on that one object, so a
         version swap between two lookups cannot fail the request; time it for the metrics."""
         started = time.perf_counter()
-        servable, status = None, "OK"
+        servable, status, routed = None, "OK", label or ""
         try:
-            servable = self.registry.resolve(model, version, label)
-            return servable, work(servable)
+            servable, routed = self.registry.route(model, version, label)
+            answer = work(servable)
+            if self.shadow is not None and routed == "stable" and not label:
+                canary = self._canary(model, servable)
+                if canary is not None:
+                    self.shadow.submit(model, servable, canary, work, answer)
+            return servable, answer
         except ServingError as error:
             status = error.code
             error.recorded = True
@@ -35,9 +132,18 @@ class ServingCore:
             internal.recorded = True
             raise internal
         finally:
-            shown = str(servable.version) if servable else str(version or label or "")
+            shown = str(servable.version) if servable else str(version or "")
             self.metrics.observe(model, shown, api, entrypoint, status,
-                                 time.perf_counter() - started)
+                                 time.perf_counter() - started, routed)
+
+    def _canary(self, model: str, stable: Servable) -> Optional[Servable]:
+        labels = self.registry.labels(model)
+        if "canary" not in labels or labels["canary"] == stable.version:
+            return None
+        try:
+            return self.registry.resolve(model, labels["canary"])
+        except ServingError:
+            return None
 
     def record_rejected(self, entrypoint: str, api: str, model: str, error: ServingError,
                         seconds: float) -> None:

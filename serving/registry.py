@@ -8,6 +8,14 @@ so a corrupt or half-copied newest version never takes serving down (its load is
 back-off). A request holds a reference to the servable it resolved, so in-flight requests finish
 on the old version while new requests go to the new one. Each model's version map is guarded by
 a lock: the poller changes it while request threads read it.
+
+Labels (stable, canary, ...) follow TF Serving's rule that a label only points at a loaded
+version: when the config moves a label to a version that is not AVAILABLE yet, the label keeps
+its old version (which stays loaded) until the new one is, so a label move never fails a
+request - even when the writer did not wait for the load. With a config file (`--home`'s release
+manifest, or `--model-config-file`) the registry re-reads it every poll and applies changes.
+Requests with no version and no label go to `stable` when the model has one (else the latest
+version, as TF Serving does); `canary_percent` of them go to `canary` instead.
 """
 from __future__ import annotations
 
@@ -21,6 +29,8 @@ from ctpipe.components.layout import version_dirs
 from ctpipe.pipeline.errors import ServingError
 from ctpipe.serving.model_config import ModelSpecConfig, parse_models
 from ctpipe.serving.servables import Servable
+
+STABLE, CANARY = "stable", "canary"
 
 # tensorflow.serving.ModelVersionStatus.State values
 START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
@@ -47,6 +57,50 @@ class ManagedModel:
         self.spec = spec
         self._versions: Dict[int, VersionStatus] = {}
         self._lock = threading.Lock()
+        self._labels: Dict[str, int] = {}  # effective labels: only AVAILABLE versions
+        self._canary_credit = 0.0
+
+    def labels(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self._labels)
+
+    def update_labels(self) -> List[str]:
+        """Point each configured label at its version once that is AVAILABLE; until then keep
+        the old one if it still serves. Returns readable changes."""
+        changes = []
+        with self._lock:
+            available = {v for v, s in self._versions.items()
+                         if s.state == AVAILABLE and s.servable is not None}
+            effective = {}
+            for label, wanted in self.spec.labels.items():
+                old = self._labels.get(label)
+                if wanted in available:
+                    effective[label] = wanted
+                    if old != wanted:
+                        changes.append(f"label {label} of {self.spec.name} -> version {wanted}"
+                                       + (f" (was {old})" if old is not None else ""))
+                elif old is not None and old in available:
+                    effective[label] = old  # pending: the new version is not loaded yet
+            for label in set(self._labels) - set(effective):
+                changes.append(f"label {label} of {self.spec.name} removed")
+            self._labels = effective
+        return changes
+
+    def pinned_versions(self) -> set:
+        """Versions a label points at (they stay loaded whatever the policy says)."""
+        with self._lock:
+            return set(self._labels.values())
+
+    def route_to_canary(self, percent: float) -> bool:
+        """Exactly `percent` % of calls answer True, spread evenly (no randomness)."""
+        if percent <= 0:
+            return False
+        with self._lock:
+            self._canary_credit += percent
+            if self._canary_credit >= 100.0:
+                self._canary_credit -= 100.0
+                return True
+            return False
 
     def available(self) -> Dict[int, Servable]:
         with self._lock:
@@ -68,13 +122,19 @@ class ManagedModel:
 
 class ModelRegistry:
     def __init__(self, models: List[ModelSpecConfig], poll_seconds: float = 1.0,
-                 on_event: Optional[Callable[[str], None]] = None):
+                 on_event: Optional[Callable[[str], None]] = None,
+                 config_file: Optional[str] = None, canary_percent: float = 0.0):
         self._lock = threading.RLock()
         self._models: Dict[str, ManagedModel] = {m.name: ManagedModel(m) for m in models}
         self._poll_seconds = poll_seconds
         self._on_event = on_event or (lambda message: log.info(message))
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.config_file = config_file
+        self._config_text: Optional[str] = None
+        if not 0.0 <= canary_percent <= 100.0:
+            raise ValueError(f"canary percent must be within [0, 100], got {canary_percent}")
+        self.canary_percent = canary_percent
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "ModelRegistry":
@@ -96,10 +156,58 @@ class ModelRegistry:
                 log.exception("model poll failed")
 
     def poll_once(self) -> None:
+        if self.config_file:
+            self._read_config_file()
         with self._lock:
             models = list(self._models.values())
         for model in models:
-            self._sync(model)
+            self._settle(model)
+
+    def _settle(self, model: ManagedModel) -> None:
+        """Load what is wanted, move labels to what loaded, then unload what nobody needs."""
+        self._sync(model)
+        for change in model.update_labels():
+            self._on_event(change)
+        self._unload_unwanted(model)
+
+    def _read_config_file(self) -> None:
+        """Apply the config file when its text changed; a missing or broken file changes
+        nothing (what serves keeps serving) and is reported once."""
+        import tensorflow as tf
+
+        try:
+            with tf.io.gfile.GFile(self.config_file) as handle:
+                text = handle.read()
+        except Exception as error:  # noqa: BLE001 - absent until the first push, or unreadable
+            if self._config_text:  # it was there: say so once, keep serving what loaded
+                self._on_event(f"cannot read model config {self.config_file} (keeping the "
+                               f"current models): {str(error).splitlines()[0]}")
+            self._config_text = ""
+            return
+        if text == self._config_text:
+            return
+        self._config_text = text
+        try:
+            models = parse_models(text)
+        except ServingError as error:
+            self._on_event(f"ignored model config {self.config_file}: {error.message}")
+            return
+        self._apply_specs(models)
+        self._on_event(f"model config {self.config_file}: " + "; ".join(
+            f"{m.name} versions {list(m.specific_versions) if m.policy == 'specific' else m.policy}"
+            f" labels {m.labels}" for m in models))
+
+    def _apply_specs(self, models: List[ModelSpecConfig]) -> None:
+        with self._lock:
+            old = self._models
+            self._models = {}
+            for spec in models:
+                managed = old.get(spec.name)
+                if managed is not None and managed.spec.base_path == spec.base_path:
+                    managed.spec = spec
+                    self._models[spec.name] = managed
+                else:
+                    self._models[spec.name] = ManagedModel(spec)
 
     def _sync(self, model: ManagedModel) -> None:
         directories = version_dirs(model.spec.base_path)
@@ -111,10 +219,15 @@ class ModelRegistry:
             retry = current is not None and current.error_code != "OK" and now >= current.retry_at
             if current is None or unloaded or retry:
                 self._load(model, version, directories[version], current if retry else None)
+
+    def _unload_unwanted(self, model: ManagedModel) -> None:
+        wanted = set(model.spec.wanted_versions(sorted(version_dirs(model.spec.base_path))))
         if not set(model.available()) & wanted:
             return  # keep what serves until a wanted version is AVAILABLE
+        pinned = model.pinned_versions()  # a label's old version until its new one loads
         for status in model.statuses():
-            if status.version not in wanted and status.state == AVAILABLE:
+            if status.version not in wanted and status.version not in pinned and \
+                    status.state == AVAILABLE:
                 status.servable = None
                 status.state = END
                 self._on_event(f"unloaded {model.spec.name} version {status.version}")
@@ -145,17 +258,11 @@ class ModelRegistry:
     # -- configuration -------------------------------------------------------------------
     def reload_config(self, models: List[ModelSpecConfig]) -> None:
         """HandleReloadConfigRequest: new models load, removed ones unload, labels move."""
+        self._apply_specs(models)
         with self._lock:
-            old = self._models
-            self._models = {}
-            for spec in models:
-                managed = old.get(spec.name)
-                if managed is not None and managed.spec.base_path == spec.base_path:
-                    managed.spec = spec
-                    self._models[spec.name] = managed
-                else:
-                    self._models[spec.name] = ManagedModel(spec)
-        self.poll_once()
+            managed = list(self._models.values())
+        for model in managed:
+            self._settle(model)
         for spec in models:
             for label, version in spec.labels.items():
                 if version not in self._models[spec.name].available():
@@ -173,28 +280,46 @@ class ModelRegistry:
 
     def resolve(self, name: str, version: Optional[int] = None,
                 label: Optional[str] = None) -> Servable:
+        return self.route(name, version, label)[0]
+
+    def route(self, name: str, version: Optional[int] = None,
+              label: Optional[str] = None) -> "tuple[Servable, str]":
+        """(servable, the label it was reached by: the request's, or stable/canary for an
+        unlabelled request to a model with labels, else "")."""
         model = self._model(name)
         available = model.available()
+        labels = model.labels()
+        routed = label or ""
         if label:
-            if label not in model.spec.labels:
+            if label not in labels:
                 raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label}")
-            version = model.spec.labels[label]
+            version = labels[label]
+        elif version is None and STABLE in labels:
+            routed = STABLE
+            if CANARY in labels and model.route_to_canary(self.canary_percent):
+                routed = CANARY
+            version = labels[routed]
         if version is not None:
             if version not in available:
                 raise ServingError("NOT_FOUND",
                                    f"Servable not found for request: Specific({name}, {version})")
-            return available[version]
+            return available[version], routed
         if not available:
             raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
-        return available[max(available)]
+        return available[max(available)], routed
+
+    def labels(self, name: str) -> Dict[str, int]:
+        """Effective labels of a model (only AVAILABLE versions)."""
+        return self._model(name).labels()
 
     def status(self, name: str, version: Optional[int] = None,
                label: Optional[str] = None) -> List[VersionStatus]:
         model = self._model(name)
         if label:
-            if label not in model.spec.labels:
+            labels = model.labels()
+            if label not in labels:
                 raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label}")
-            version = model.spec.labels[label]
+            version = labels[label]
         statuses = sorted(model.statuses(), key=lambda s: -s.version)
         if version is not None:
             statuses = [s for s in statuses if s.version == version]

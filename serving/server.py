@@ -40,14 +40,31 @@ class RunningServer:
         self.rest_server.server_close()
         self.grpc_server.stop(grace=2).wait()
         self.core.registry.stop()
+        if self.core.shadow is not None:
+            self.core.shadow.close()
+        if self.core.request_log is not None:
+            self.core.request_log.close()
 
 
 def start_server(models: List[ModelSpecConfig], host: str = "127.0.0.1", grpc_port: int = 8500,
                  rest_port: int = 8501, poll_seconds: float = 1.0,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 on_event: Optional[Callable[[str], None]] = None) -> RunningServer:
-    registry = ModelRegistry(models, poll_seconds=poll_seconds, on_event=on_event).start()
-    core = ServingCore(registry)
+                 on_event: Optional[Callable[[str], None]] = None,
+                 config_file: Optional[str] = None, canary_percent: float = 0.0,
+                 shadow_sample: Optional[float] = None,
+                 request_log=None) -> RunningServer:
+    """`config_file`: a ModelServerConfig re-read every poll (the release manifest); `models`
+    serve until it exists. `shadow_sample`: score canary on this fraction of stable's requests.
+    `request_log`: a serving/request_log.py RequestLogger."""
+    from ctpipe.serving.core import Shadow
+    from ctpipe.serving.metrics import Metrics
+
+    metrics = Metrics()
+    shadow = Shadow(metrics, shadow_sample) if shadow_sample else None
+    registry = ModelRegistry(models, poll_seconds=poll_seconds, on_event=on_event,
+                             config_file=config_file, canary_percent=canary_percent).start()
+    core = ServingCore(registry, metrics, shadow)
+    core.request_log = request_log
     grpc_server, bound_grpc = start_grpc(core, host, grpc_port, max_request_bytes)
     try:
         rest_server = start_rest(core, host, rest_port, max_request_bytes)

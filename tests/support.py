@@ -76,6 +76,22 @@ class Invariants:
         problems = self._one_final_decision(decisions)
         problems += self._no_quarantined_span_in_windows(decisions, ledger, actions)
         problems += self._versions_grow_and_load(decisions)
+        problems += self._labels_point_at_versions_on_disk()
+        return problems
+
+    def _labels_point_at_versions_on_disk(self) -> List[str]:
+        """The release manifest names only complete versions (a label never dangles)."""
+        from ctpipe.components import release
+
+        path = self.base.parent / release.MANIFEST_FILE
+        if not path.exists():
+            return []
+        on_disk = {int(n) for n in os.listdir(self.base) if n.isdigit()}
+        problems = []
+        for entry in release.read(str(path)):
+            for label, version in entry.labels.items():
+                if version not in on_disk:
+                    problems.append(f"label {label} points at version {version}, not on disk")
         return problems
 
     @staticmethod

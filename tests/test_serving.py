@@ -52,7 +52,8 @@ def test_new_push_swaps_in_without_failed_requests(versions, tmp_path):
         metrics = server.core.metrics.render()
         server.stop()
     assert load.failures == []
-    assert 'version="2",API="predict"' in metrics and 'version="1",API="predict"' in metrics
+    assert 'version="2",version_label="",API="predict"' in metrics
+    assert 'version="1",version_label="",API="predict"' in metrics
 
 
 def test_policy_and_labels_from_a_model_config_file(versions, tmp_path):
