@@ -57,13 +57,23 @@ HTTP_STATUS: Dict[str, int] = {
     "DATA_LOSS": 500,
     "UNAUTHENTICATED": 401,
 }
+# gRPC status name -> its number (grpc.StatusCode, and tensorflow.error.Code in the StatusProto
+# of GetModelStatus and ReloadConfigResponse: the same numbers).
+GRPC_CODE_NUMBER: Dict[str, int] = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12,
+    "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}
 # The way back (several codes share an HTTP status: the most telling one is kept), plus the
-# statuses an HTTP layer answers by itself.
+# statuses an HTTP layer answers by itself (405/408/411/413/414/431/502 from an HTTP server or a
+# proxy in front of one).
 GRPC_CODE_OF_HTTP: Dict[int, str] = {
     200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-    404: "NOT_FOUND", 409: "ABORTED", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED",
-    499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
+    404: "NOT_FOUND", 405: "UNIMPLEMENTED", 408: "DEADLINE_EXCEEDED", 409: "ABORTED",
+    411: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED", 414: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED", 431: "INVALID_ARGUMENT", 499: "CANCELLED", 500: "INTERNAL",
+    501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
 }
 
 
@@ -73,6 +83,7 @@ def http_status(code: str) -> int:
 
 def grpc_code(http: int) -> str:
     return GRPC_CODE_OF_HTTP.get(http, "UNKNOWN")
+
 
 
 class ServingError(Exception):
