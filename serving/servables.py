@@ -1,4 +1,5 @@
-"""One loaded model version and the three TF Serving APIs on it (predict, classify, regress).
+"""One loaded model version and TF Serving's APIs on it (predict, classify, regress,
+multi-inference), and its warmup before it serves.
 
 Why our own: there is no TF Serving binary here. This module loads any SavedModel with TensorFlow
 and runs its signatures with TF Serving's rules: which signature a request names (default
@@ -26,8 +27,11 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 
 
-def read_signature_defs(export_dir: str) -> Dict[str, "tf.compat.v1.SignatureDef"]:
-    """Signature defs straight from saved_model.pb (method names included)."""
+def read_signature_defs(export_dir: str, with_init_op: bool = False
+                        ) -> Dict[str, "tf.compat.v1.SignatureDef"]:
+    """Signature defs straight from saved_model.pb (method names included). The TF2 init op
+    (`__saved_model_init_op`) is no serving signature; TF Serving's metadata lists it anyway,
+    hence `with_init_op`."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
@@ -35,7 +39,23 @@ def read_signature_defs(export_dir: str) -> Dict[str, "tf.compat.v1.SignatureDef
         saved_model.ParseFromString(handle.read())
     meta_graph = saved_model.meta_graphs[0]
     return {key: value for key, value in meta_graph.signature_def.items()
-            if key != INIT_OP_SIGNATURE}
+            if with_init_op or key != INIT_OP_SIGNATURE}
+
+
+def examples_from_input(model_input) -> List[bytes]:
+    """Serialized tf.Examples of a tensorflow.serving.Input (Classify, Regress, MultiInference
+    and their warmup records): each example of example_list_with_context merged over the
+    context, as TF Serving concatenates the two serialized messages."""
+    kind = model_input.WhichOneof("kind")
+    if kind == "example_list":
+        serialized = [e.SerializeToString() for e in model_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        listed = model_input.example_list_with_context
+        context = listed.context.SerializeToString()
+        serialized = [context + e.SerializeToString() for e in listed.examples]
+    else:
+        serialized = []
+    return serialized  # empty: the API says "Input is empty." after its signature checks
 
 
 def _readable(message: str) -> str:
@@ -143,6 +163,9 @@ class Servable:
     def __init__(self, name: str, version: int, path: str):
         self.name, self.version, self.path = name, version, path
         self.signature_defs = read_signature_defs(path)
+        self.metadata_signature_defs = read_signature_defs(path, with_init_op=True)
+        # how warm_up() warmed each signature: "record", "synthetic" or "skipped: <why>"
+        self.warmed_up: Dict[str, str] = {}
         self._loaded = tf.saved_model.load(path)
         self._functions = dict(self._loaded.signatures)
         self._calls = {key: _SignatureCall(function) for key, function in self._functions.items()}
@@ -212,9 +235,15 @@ class Servable:
         except (TypeError, ValueError) as error:
             raise ServingError("INVALID_ARGUMENT", str(error).splitlines()[0])
 
-    # -- classify / regress on serialized tf.Examples ----------------------------------------
+    # -- classify / regress / multi-inference on serialized tf.Examples ----------------------
     def _method_signature(self, signature_name: str, method: str, kind: str):
-        signature_def, _ = self.signature(signature_name)
+        """TF Serving's checks on a Classify/Regress signature (classifier.cc, regressor.cc):
+        it exists (INVALID_ARGUMENT here, unlike Predict's FAILED_PRECONDITION), it declares
+        the method, and it takes one input tensor."""
+        key = signature_name or DEFAULT_SIGNATURE
+        if key not in self.signature_defs or key not in self._functions:
+            raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {key}")
+        signature_def = self.signature_defs[key]
         if signature_def.method_name != method:
             raise ServingError("INVALID_ARGUMENT",
                                f"Expected {kind} signature method_name to be {method}. "
@@ -224,49 +253,172 @@ class Servable:
                                f"Expected one input Tensor in the {kind} signature.")
         return signature_def
 
-    def classify(self, signature_name: str, serialized_examples: List[bytes]
-                 ) -> List[List[Tuple[str, float]]]:
-        signature_def = self._method_signature(signature_name, CLASSIFY_METHOD, "classification")
+    def _run_on_examples(self, signature_name: str, signature_def, examples: tf.Tensor):
         alias = next(iter(signature_def.inputs))
-        outputs = self._call(self._calls[signature_name or DEFAULT_SIGNATURE],
-                             {alias: tf.constant(serialized_examples, tf.string)})
+        return self._call(self._calls[signature_name or DEFAULT_SIGNATURE], {alias: examples})
+
+    @staticmethod
+    def _classifications(outputs, rows: int) -> List[List[Tuple[str, float]]]:
         scores = outputs["scores"].numpy() if "scores" in outputs else None
         classes = outputs["classes"].numpy() if "classes" in outputs else None
         if scores is None and classes is None:
             raise ServingError("INVALID_ARGUMENT",
                                "Expected classification signature outputs classes or scores")
-        rows = len(serialized_examples)
         width = (scores if scores is not None else classes).shape[1]
         return [[((classes[i][j].decode() if classes is not None else ""),
                   float(scores[i][j]) if scores is not None else 0.0)
                  for j in range(width)] for i in range(rows)]
 
+    @staticmethod
+    def _regressions(outputs) -> List[float]:
+        if "outputs" not in outputs:
+            raise ServingError("INVALID_ARGUMENT",
+                               "No regression outputs found in SignatureDef (expected 'outputs')")
+        return [float(v) for v in np.reshape(outputs["outputs"].numpy(), [-1])]
+
+    def classify(self, signature_name: str, serialized_examples: List[bytes]
+                 ) -> List[List[Tuple[str, float]]]:
+        signature_def = self._method_signature(signature_name, CLASSIFY_METHOD, "classification")
+        if not serialized_examples:
+            raise ServingError("INVALID_ARGUMENT", "Input is empty.")
+        outputs = self._run_on_examples(signature_name, signature_def,
+                                        tf.constant(serialized_examples, tf.string))
+        return self._classifications(outputs, len(serialized_examples))
+
     def regress(self, signature_name: str, serialized_examples: List[bytes]) -> List[float]:
         signature_def = self._method_signature(signature_name, REGRESS_METHOD, "regression")
-        alias = next(iter(signature_def.inputs))
-        outputs = self._call(self._calls[signature_name or DEFAULT_SIGNATURE],
-                             {alias: tf.constant(serialized_examples, tf.string)})
-        return [float(v) for v in np.reshape(outputs["outputs"].numpy(), [-1])]
+        if not serialized_examples:
+            raise ServingError("INVALID_ARGUMENT", "Input is empty.")
+        outputs = self._run_on_examples(signature_name, signature_def,
+                                        tf.constant(serialized_examples, tf.string))
+        return self._regressions(outputs)
+
+    def multi_inference(self, tasks: Sequence[Tuple[str, str]], serialized_examples: List[bytes]
+                        ) -> List[Tuple[str, str, object]]:
+        """MultiInference: classify/regress `tasks` ((signature_name, method_name) pairs) on the
+        same examples, on this one version. TF Serving's rules (multi_inference.cc), in its
+        order: no signature twice, every signature exists (INVALID_ARGUMENT), the method is
+        classify or regress (else UNIMPLEMENTED), the signature fits it; then the input must
+        not be empty. The examples become one tensor shared by every task.
+        Returns [(signature key, method, classifications | regressions)] in task order."""
+        if not tasks:
+            raise ServingError("INVALID_ARGUMENT", "MultiInferenceRequest has no tasks.")
+        seen, checked = set(), []
+        for signature_name, method in tasks:
+            key = signature_name or DEFAULT_SIGNATURE
+            if key in seen:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Duplicate evaluation of signature: {key}")
+            seen.add(key)
+            if key not in self.signature_defs or key not in self._functions:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Requested signature not found in model graph: {key}")
+            if method == CLASSIFY_METHOD:
+                kind = "classification"
+            elif method == REGRESS_METHOD:
+                kind = "regression"
+            else:
+                raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {method}")
+            checked.append((key, method, self._method_signature(key, method, kind)))
+        if not serialized_examples:
+            raise ServingError("INVALID_ARGUMENT", "Input is empty.")
+        examples = tf.constant(serialized_examples, tf.string)
+        results = []
+        for key, method, signature_def in checked:
+            outputs = self._run_on_examples(key, signature_def, examples)
+            results.append((key, method, self._classifications(outputs, len(serialized_examples))
+                            if method == CLASSIFY_METHOD else self._regressions(outputs)))
+        return results
 
     # -- warmup -------------------------------------------------------------------------------
     def warm_up(self) -> int:
-        """Replay assets.extra/tf_serving_warmup_requests (as TF Serving does before serving)."""
+        """Warm every signature before the version serves (no slow first request on any).
+
+        1. Replay assets.extra/tf_serving_warmup_requests as TF Serving does: each PredictionLog
+           (predict, classify, regress, multi_inference) against its own signature; a record
+           that fails, an unsupported log type or more than MAX_WARMUP_RECORDS records fail
+           the load, as they do in TF Serving.
+        2. Each signature no record covered (no file, or a file for serving_default only) is
+           called once on a synthetic batch of 1 built from its TensorSpecs: zeros, False or
+           empty strings, unknown dimensions as 1. A signature that refuses it (an empty string
+           is not a parseable tf.Example with required features, say) is skipped: synthetic
+           warmup never fails a load.
+        Returns how many warmup calls succeeded; `warmed_up` says how each signature was."""
+        replayed, covered = self._replay_warmup_file()
+        self.warmed_up = {key: "record" for key in covered}
+        synthetic = 0
+        for key in self.signature_defs:
+            if key in covered or key not in self._functions:
+                continue
+            reason = self._synthetic_call(key)
+            self.warmed_up[key] = reason or "synthetic"
+            synthetic += not reason
+        return replayed + synthetic
+
+    def _replay_warmup_file(self) -> Tuple[int, set]:
         from tensorflow_serving.apis import prediction_log_pb2
 
         path = os.path.join(self.path, WARMUP_FILE)
         if not tf.io.gfile.exists(path):
-            return 0
-        replayed = 0
-        for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
+            return 0, set()
+        replayed, covered = 0, set()
+        for record in tf.data.TFRecordDataset(path):
+            if replayed >= MAX_WARMUP_RECORDS:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Number of warmup records exceeds the maximum "
+                                   f"({MAX_WARMUP_RECORDS}) at {path}")
             log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
             kind = log.WhichOneof("log_type")
             if kind == "predict_log":
                 request = log.predict_log.request
                 self.predict(request.model_spec.signature_name,
-                             {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+                             {k: tf.make_ndarray(v) for k, v in request.inputs.items()},
+                             list(request.output_filter))
+                signatures = [request.model_spec.signature_name]
             elif kind == "classify_log":
                 request = log.classify_log.request
                 self.classify(request.model_spec.signature_name,
-                              [e.SerializeToString() for e in request.input.example_list.examples])
+                              examples_from_input(request.input))
+                signatures = [request.model_spec.signature_name]
+            elif kind == "regress_log":
+                request = log.regress_log.request
+                self.regress(request.model_spec.signature_name,
+                             examples_from_input(request.input))
+                signatures = [request.model_spec.signature_name]
+            elif kind == "multi_inference_log":
+                request = log.multi_inference_log.request
+                tasks = [(t.model_spec.signature_name, t.method_name) for t in request.tasks]
+                self.multi_inference(tasks, examples_from_input(request.input))
+                signatures = [name for name, _ in tasks]
+            elif kind is None:
+                continue  # an empty record: TF Serving skips it too
+            else:
+                raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind}")
+            covered.update(name or DEFAULT_SIGNATURE for name in signatures)
             replayed += 1
-        return replayed
+        return replayed, covered
+
+    def _synthetic_call(self, key: str) -> str:
+        """Call signature `key` once on a batch of 1 from its TensorSpecs; "" when it ran,
+        else "skipped: <why>"."""
+        try:
+            _, specs = self._functions[key].structured_input_signature
+            tensors = {}
+            for alias, spec in specs.items():
+                if type(spec) is not tf.TensorSpec:
+                    return f"skipped: input '{alias}' is a {type(spec).__name__}"
+                shape = [1] if spec.shape.rank is None else \
+                    [1 if d is None else d for d in spec.shape.as_list()]
+                if spec.dtype == tf.string:
+                    tensors[alias] = tf.fill(shape, "")
+                elif spec.dtype.is_numpy_compatible:
+                    tensors[alias] = tf.zeros(shape, spec.dtype)
+                else:
+                    return f"skipped: input '{alias}' has dtype {spec.dtype.name}"
+            self._call(self._calls[key], tensors)
+        except ServingError as error:
+            return f"skipped: {error.message}"
+        except Exception as error:  # noqa: BLE001 - synthetic warmup never fails a load
+            first_line = (str(error).splitlines() or [""])[0]
+            return f"skipped: {type(error).__name__}: {first_line}"
+        return ""
