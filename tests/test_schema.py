@@ -58,3 +58,41 @@ def test_unit_change_is_caught_as_drift(schema, span_stats, tmp_path):
     anomalies = tfdv.validate_statistics(csv_statistics(str(target)), schema,
                                          previous_statistics=span_stats[4])
     assert "fare" in anomalies.anomaly_info
+
+
+def test_skew_comparators_mirror_the_drift_comparators(schema):
+    """Every drift-checked input feature is skew-checked with the same kind of comparator;
+    numeric ones on quantile histograms; the label (absent from requests) is not."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from ctpipe.components.features import LABEL_KEY
+
+    for feature in schema.feature:
+        drift, skew = feature.drift_comparator, feature.skew_comparator
+        if feature.name == LABEL_KEY or not feature.HasField("drift_comparator"):
+            assert not feature.HasField("skew_comparator"), feature.name
+            continue
+        for kind in ("infinity_norm", "jensen_shannon_divergence"):
+            assert drift.HasField(kind) == skew.HasField(kind), feature.name
+        if skew.HasField("jensen_shannon_divergence"):
+            assert skew.jensen_shannon_divergence.threshold > 0
+            assert skew.jensen_shannon_divergence.source.type == \
+                schema_pb2.HistogramSelection.QUANTILES
+        else:
+            assert skew.infinity_norm.threshold > 0
+
+
+def test_the_gate_s_drift_check_ignores_skew_comparators(schema, span_stats, tmp_path):
+    """The data gate calls validate_statistics with previous statistics only: skew comparators
+    measure nothing there, so they cannot block a span; with serving statistics they do."""
+    from ctpipe.components.data_gate import drift_reasons
+
+    target = tmp_path / "cents.csv"
+    corruptions.scale_fares(str(SAMPLE / "span-5" / "data.csv"), str(target))
+    cents = csv_statistics(str(target))
+    gate = tfdv.validate_statistics(span_stats[5], schema, previous_statistics=span_stats[4])
+    assert not any(info.skew_measurements for info in gate.drift_skew_info)
+    assert drift_reasons(span_stats[5], span_stats[4], schema, 4) == []
+    served = tfdv.validate_statistics(span_stats[4], schema, serving_statistics=cents)
+    assert "fare" in served.anomaly_info
+    assert any(info.skew_measurements for info in served.drift_skew_info)
