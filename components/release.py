@@ -5,7 +5,9 @@ with `--model_config_file_poll_wait_seconds`) and `ctpipe serve --home` read the
 model uses the `specific` version policy and three labels:
 
   stable    what unlabelled requests get
-  canary    a newly pushed version on trial (absent when nothing is on trial)
+  canary    a newly pushed version on trial; when nothing is on trial the file still names
+            `canary`, pointing at stable, so a traffic split that sends a share of requests to
+            the canary label (serving/k8s/canary-route) never reaches a missing label
   previous  the stable before the current one: `rollback` moves stable back to it at once,
             because it is still loaded
 
@@ -52,7 +54,9 @@ class Release:
 
     @property
     def canary(self) -> Optional[int]:
-        return self.labels.get(CANARY)
+        """The version on trial; None when nothing is (the file then has canary = stable)."""
+        canary = self.labels.get(CANARY)
+        return None if canary == self.labels.get(STABLE) else canary
 
     @property
     def previous(self) -> Optional[int]:
@@ -140,9 +144,12 @@ def to_text(releases: List[Release]) -> str:
         entry = config.model_config_list.config.add(
             name=release.model_name, base_path=release.base_path, model_platform="tensorflow")
         entry.model_version_policy.specific.versions.extend(release.versions)
+        labels = dict(release.labels)
+        if STABLE in labels and release.canary is None:
+            labels[CANARY] = labels[STABLE]  # nothing on trial: canary routes to stable
         for label in LABELS:
-            if label in release.labels:
-                entry.version_labels[label] = release.labels[label]
+            if label in labels:
+                entry.version_labels[label] = labels[label]
     header = ("# ctpipe release manifest (TF Serving ModelServerConfig). Written by the Pusher "
               "and by\n# `ctpipe promote|rollback`; edit with those commands, not by hand.\n")
     return header + text_format.MessageToString(config)
@@ -159,6 +166,8 @@ def from_text(text: str) -> List[Release]:
     releases = []
     for entry in config.model_config_list.config:
         labels = dict(entry.version_labels)
+        if labels.get(CANARY) is not None and labels.get(CANARY) == labels.get(STABLE):
+            del labels[CANARY]  # canary = stable: nothing on trial
         loading = [v for v in entry.model_version_policy.specific.versions
                    if v not in set(labels.values())]
         releases.append(Release(entry.name, entry.base_path, labels, loading))

@@ -113,3 +113,17 @@ def test_a_server_that_never_loads_the_version_leaves_labels_alone(tmp_path):
     with pytest.raises(R.ReleaseError, match="did not become AVAILABLE"):
         R.apply(path, "big_tipper", base, lambda r: R.after_push(r, 2), waiter)
     assert R.read(path)[0].labels == {"stable": 1}
+
+
+def test_canary_label_always_exists_in_the_file_pointing_at_stable_when_idle(tmp_path):
+    """A traffic split that sends a share to the canary label must never reach a missing one."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = str(tmp_path / "models.config")
+    R.write(path, [R.promoted(_release(stable=1, canary=2))])
+    entry = text_format.Parse(open(path).read(),
+                              model_server_config_pb2.ModelServerConfig()).model_config_list.config[0]
+    assert dict(entry.version_labels) == {"stable": 2, "canary": 2, "previous": 1}
+    [read] = R.read(path)
+    assert read.canary is None and read.labels == {"stable": 2, "previous": 1}
