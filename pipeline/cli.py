@@ -1,7 +1,8 @@
 """The `ctpipe` command: assembles each area's subcommands and turns errors into exit codes.
 
 Exit codes (the contract other tools build on; README "Exit codes"):
-  0 pushed   3 data blocked   4 not blessed   5 nothing new   6 gave up on a span
+  0 pushed   3 data blocked (skew: serving data drifted)   4 not blessed   5 nothing new
+  6 gave up on a span
   7 another runner holds the home   2 bad input or usage   1 internal error or failed cycle
 Every decision is printed for a person; with --json, JSON goes to stdout and progress to stderr.
 """
@@ -23,7 +24,8 @@ from ctpipe.pipeline.command_line import EXIT_INTERNAL  # noqa: E402
 # Each area registers its own subcommands; imports flow one way (components <- pipeline <-
 # {kubeflow, serving}), so this composition root names the areas instead of importing them.
 AREAS = ("ctpipe.pipeline.commands", "ctpipe.pipeline.release_ops", "ctpipe.pipeline.guard",
-         "ctpipe.serving.commands", "ctpipe.kubeflow.commands")
+         "ctpipe.pipeline.lineage", "ctpipe.pipeline.skew", "ctpipe.serving.commands",
+         "ctpipe.kubeflow.commands")
 
 
 def quiet_libraries() -> None:

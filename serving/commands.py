@@ -36,6 +36,9 @@ def register(commands) -> None:
                        help="score canary on stable's requests (not returned); metrics only")
     serve.add_argument("--shadow-sample", type=float, default=1.0,
                        help="fraction of stable's requests shadowed (default 1.0)")
+    from ctpipe.serving.request_log import add_flags as add_request_log_flags
+
+    add_request_log_flags(serve)
     add_config_flags(serve)
 
     predict = commands.add_parser("predict", help="query a TF Serving endpoint")
@@ -61,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ctpipe.components.release import manifest_path
     from ctpipe.pipeline.spans import BadInput
     from ctpipe.serving import model_config
+    from ctpipe.serving.request_log import from_args as request_log_from_args
     from ctpipe.serving.servables import ServingError
     from ctpipe.serving.server import start_server
 
@@ -99,7 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_request_bytes=int(args.max_request_mb * 1024 * 1024),
                               on_event=lambda line: print(line, file=sys.stderr, flush=True),
                               config_file=config_file, canary_percent=args.canary_percent,
-                              shadow_sample=args.shadow_sample if args.shadow else None)
+                              shadow_sample=args.shadow_sample if args.shadow else None,
+                              request_log=request_log_from_args(args))
     except OSError as error:
         raise BadInput(f"cannot listen on {args.host}:{args.port}/{args.rest_api_port}: "
                        f"{error.strerror or error}")

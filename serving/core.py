@@ -153,18 +153,46 @@ class ServingCore:
 
     def predict(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
                 signature: str, inputs: Dict[str, Any], output_filter: Sequence[str] = ()):
-        return self.run("predict", entrypoint, model, version, label,
-                           lambda s: s.predict(signature, inputs, output_filter))
+        servable, outputs = self.run("predict", entrypoint, model, version, label,
+                                     lambda s: s.predict(signature, inputs, output_filter))
+        self.log_request("predict", servable, signature, inputs, outputs)
+        return servable, outputs
 
     def classify(self, entrypoint: str, model: str, version: Optional[int],
                  label: Optional[str], signature: str, examples: List[bytes]):
-        return self.run("classify", entrypoint, model, version, label,
-                           lambda s: s.classify(signature, examples))
+        servable, results = self.run("classify", entrypoint, model, version, label,
+                                     lambda s: s.classify(signature, examples))
+        self.log_request("classify", servable, signature, examples, results)
+        return servable, results
 
     def regress(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
                 signature: str, examples: List[bytes]):
-        return self.run("regress", entrypoint, model, version, label,
-                           lambda s: s.regress(signature, examples))
+        servable, values = self.run("regress", entrypoint, model, version, label,
+                                    lambda s: s.regress(signature, examples))
+        self.log_request("regress", servable, signature, examples, values)
+        return servable, values
+
+    def log_request(self, api: str, servable: Servable, signature: str, request: Any,
+             answer: Any) -> None:
+        """A sampled request and its answer into the request log (TF Serving PredictionLog);
+        protos are built only for sampled requests, and logging never fails a request."""
+        logger = self.request_log
+        if logger is None or not logger.should_sample():
+            return
+        from ctpipe.serving import request_log
+
+        try:
+            build = {"predict": request_log.predict_protos,
+                     "classify": request_log.classify_protos,
+                     "regress": request_log.regress_protos}[api]
+            request_proto, response_proto = build(servable.name, servable.version, signature,
+                                                  request, answer)
+            getattr(logger, f"log_{api}")(request_proto.model_spec, request_proto,
+                                          response_proto)
+        except Exception:  # noqa: BLE001 - a log record is never worth a failed request
+            import logging
+
+            logging.getLogger(__name__).exception("request log record dropped")
 
     def metadata(self, entrypoint: str, model: str, version: Optional[int],
                  label: Optional[str]) -> Servable:

@@ -403,8 +403,9 @@ def make_handler(core: ServingCore, max_body_bytes: int,
                 def predict_json(servable):
                     aliases = list(servable.signature(signature)[0].inputs)
                     inputs, row_format = json_codec.predict_inputs(body, aliases)
-                    return json_codec.predict_response(servable.predict(signature, inputs),
-                                                       row_format)
+                    outputs = servable.predict(signature, inputs)
+                    core.log_request("predict", servable, signature, inputs, outputs)
+                    return json_codec.predict_response(outputs, row_format)
                 return core.run("predict", "REST", name, version, label, predict_json)[1]
             examples = json_codec.examples_from_json(body)
             if verb == "classify":

@@ -65,6 +65,8 @@ def start_server(models: List[ModelSpecConfig], host: str = "127.0.0.1", grpc_po
                              config_file=config_file, canary_percent=canary_percent).start()
     core = ServingCore(registry, metrics, shadow)
     core.request_log = request_log
+    if request_log is not None:
+        metrics.add_gauges(lambda: _request_log_lines(request_log))
     grpc_server, bound_grpc = start_grpc(core, host, grpc_port, max_request_bytes)
     try:
         rest_server = start_rest(core, host, rest_port, max_request_bytes)
@@ -75,3 +77,11 @@ def start_server(models: List[ModelSpecConfig], host: str = "127.0.0.1", grpc_po
     threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
     return RunningServer(core, grpc_server, rest_server, host, bound_grpc,
                          rest_server.server_address[1])
+
+
+def _request_log_lines(request_log) -> List[str]:
+    lines = []
+    for key, value in sorted(request_log.stats().items()):
+        lines.append(f"# TYPE ctpipe_request_log_{key} gauge")
+        lines.append(f"ctpipe_request_log_{key} {value}")
+    return lines

@@ -208,3 +208,79 @@ def test_guard_takes_an_erroring_canary_out_of_traffic(release_home, tmp_path):
     [action] = [a for a in cycles.operator_actions(store, "ctpipe")
                 if a.action == "remove_canary"]
     assert action.details["by"] == "guard" and "error rate" in action.reason
+
+
+def _raw_columns(rows, scale_fare=1.0, payment=None):
+    """CSV rows as the serving_raw signature's columns (missing: NaN, -1, "")."""
+    from ctpipe.components import features as F
+
+    columns = {}
+    for name in F.NUMERIC_FEATURES:
+        columns[name] = [float(r[name]) * (scale_fare if name == "fare" else 1.0)
+                         if r[name] != "" else float("nan") for r in rows]
+    for name in F.CATEGORICAL_INT_FEATURES:
+        columns[name] = [int(float(r[name])) if r[name] != "" else -1 for r in rows]
+    for name in F.CATEGORICAL_STRING_FEATURES:
+        columns[name] = [payment if payment and name == "payment_type" else r[name]
+                         for r in rows]
+    return columns
+
+
+@pytest.fixture()
+def production_home(long_run, tmp_path):
+    """A home whose stable version is the long run's newest push (its training data is kept by
+    retention, as the production model's always is)."""
+    from ctpipe.components.layout import versions_on_disk
+
+    home = tmp_path / "production"
+    source = long_run.home / "serving" / MODEL
+    newest = versions_on_disk(str(source))[-1]
+    base = home / "serving" / MODEL
+    base.mkdir(parents=True)
+    shutil.copytree(source / str(newest), base / str(newest))
+    shutil.copy(long_run.home / "metadata.sqlite", home / "metadata.sqlite")
+    release.write(release.manifest_path(str(home / "serving")),
+                  [release.Release(MODEL, str(base), {"stable": newest})])
+    return home
+
+
+def test_logged_requests_reveal_serving_skew(production_home, tmp_path):
+    """serve --request-log-dir writes PredictionLogs; `ctpipe skew` finds no skew in requests
+    like the training data and exits 3 on drifted ones."""
+    import csv
+
+    release_home = production_home
+    from ctpipe.serving.clients import RestClient
+
+    from tests.support import SAMPLE
+
+    with open(SAMPLE / "span-5" / "data.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:300]
+    results = {}
+    for kind, columns in (("clean", _raw_columns(rows)),
+                          ("drifted", _raw_columns(rows, scale_fare=5.0, payment="Cash"))):
+        logs = tmp_path / f"logs-{kind}"
+        process = subprocess.Popen(
+            ctpipe_command("serve", "--home", str(release_home), "--port", "0",
+                           "--rest-api-port", "0", "--request-log-dir", str(logs)),
+            stderr=subprocess.PIPE, text=True)
+        seen = []
+        try:
+            assert wait_for_line(process.stderr, "serving big_tipper", 120, seen), "".join(seen)
+            client = RestClient(seen[-1].split("REST ")[1].split(" ")[0], MODEL)
+            for start in range(0, len(rows), 50):
+                client.predict({k: v[start:start + 50] for k, v in columns.items()},
+                               "serving_raw")
+        finally:
+            process.terminate()  # closing the server closes the last log file
+            process.wait(timeout=30)
+        assert list(logs.glob("requests-*.tfrecord")), "no complete request log file"
+        results[kind] = ctpipe("skew", "--home", str(release_home), "--requests", str(logs),
+                               "--json")
+    clean, drifted = results["clean"], results["drifted"]
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert json.loads(clean.stdout)["drifted"] is False
+    assert drifted.returncode == 3, drifted.stdout + drifted.stderr
+    report = json.loads(drifted.stdout)
+    assert report["drifted"] is True and (report["requests"], report["examples"]) == (6, 300)
+    assert {a["feature"] for a in report["anomalies"]} >= {"fare", "payment_type"}
