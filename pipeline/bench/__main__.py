@@ -60,6 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="spans 1..N present before the first cycle (default 15)")
     parser.add_argument("--stock-train-steps", type=int, default=200)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--skip-compare", action="store_true",
+                        help="no stock-vs-ctpipe cycles (scaling/serving only)")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--quick", action="store_true",
@@ -75,26 +77,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="ctpipe-bench-"))
     os.makedirs(work, exist_ok=True)
     scales = [s for s in args.scales if s <= 10] if args.quick else args.scales
-    steps = 7 + (0 if args.skip_scaling else 3 * len(scales)) + (0 if args.skip_serving else 1)
+    steps = ((0 if args.skip_compare else 7) + (0 if args.skip_scaling else 3 * len(scales))
+             + (0 if args.skip_serving else 1))
     progress = Progress(steps)
     started = time.monotonic()
     print(f"bench work folder: {work}", file=sys.stderr)
 
     result: Dict[str, Any] = {"machine": machine(), "work": work}
-    result["comparison"] = compare.compare(sample, work, list(range(1, args.first_spans + 1)),
-                                           args.first_spans + 1, args.stock_train_steps,
-                                           progress)
+    if not args.skip_compare:
+        result["comparison"] = compare.compare(
+            sample, work, list(range(1, args.first_spans + 1)), args.first_spans + 1,
+            args.stock_train_steps, progress)
     if not args.skip_scaling:
         result["scaling"] = scaling.run_scaling(sample, work, scales, progress)
     if not args.skip_serving:
+        served = os.path.join(work, "ctpipe-steady" if "comparison" in result else
+                              f"scale-{scales[0]}x/home", "serving", "big_tipper")
         with progress.step("serving: in-process vs gRPC vs REST"):
-            result["serving"] = serving_bench(
-                work, os.path.join(work, "ctpipe", "serving", "big_tipper"), args.quick)
+            result["serving"] = serving_bench(work, served, args.quick)
     result["seconds"] = round(time.monotonic() - started, 1)
 
     info = result["machine"]
-    print(f"\n## Cycle time: ctpipe vs stock TFX ({info['cpus']} CPUs, {info['cpu']})\n")
-    print(compare.markdown(result["comparison"]))
+    if "comparison" in result:
+        print(f"\n## Cycle time: ctpipe vs stock TFX ({info['cpus']} CPUs, {info['cpu']})\n")
+        print(compare.markdown(result["comparison"]))
     if "scaling" in result:
         print("\n## Scaling with the data (ctpipe)\n")
         print(scaling.markdown(result["scaling"]))
