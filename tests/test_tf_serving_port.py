@@ -386,6 +386,35 @@ def test_model_config_reload(half_plus_two, half_plus_three):
         running.stop()
 
 
+def test_model_config_reload_from_the_polled_file(half_plus_two, half_plus_three, tmp_path):
+    """testModelConfigReload: the server polls its model config file; rewritten to serve
+    half_plus_three instead of half_plus_two, it answers 4.0 for that model (TF Serving sleeps
+    10 s; we wait for it)."""
+    base_config = """model_config_list: {{ config: {{ name: "{name}", base_path: "{path}",
+                     model_platform: "tensorflow" }} }}"""
+    config_path = tmp_path / "model_config.txt"
+    config_path.write_text(base_config.format(name="half_plus_two", path=half_plus_two))
+    running = start_server(model_config.parse_models(config_path.read_text()), grpc_port=0,
+                           rest_port=0, poll_seconds=0.2, config_file=str(config_path))
+    try:
+        with grpc.insecure_channel(running.grpc_address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            verify_predict(stub, 3.0, VERSION, model_name="half_plus_two", specify_output=False)
+            config_path.write_text(base_config.format(name="half_plus_three",
+                                                      path=half_plus_three))
+            def reloaded():
+                try:
+                    return bool(running.core.registry.resolve("half_plus_three"))
+                except ServingError:
+                    return False
+            assert wait_until(reloaded, 30)
+            assert running.core.registry.model_names() == ["half_plus_three"]
+            verify_predict(stub, 4.0, VERSION, model_name="half_plus_three",
+                           specify_output=False)
+    finally:
+        running.stop()
+
+
 def test_classify_rest(server):
     """testClassifyREST."""
     resp = call_rest(f"{server.rest_url}/v1/models/default:classify",
@@ -530,6 +559,42 @@ def test_sequential_keras_saved_model_save(tmp_path):
     model.add(tf_keras.layers.Lambda(lambda x: x, name="y"))
     export_path = tmp_path / "keras_sequential_saved_model_save" / "00000123"
     tf.saved_model.save(model, str(export_path))
+    running = _serve_one_off(export_path.parent)
+    try:
+        with grpc.insecure_channel(running.grpc_address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            verify_predict(stub, 2.0, VERSION, batch_input=True, specify_output=False)
+    finally:
+        running.stop()
+
+
+DISTRIBUTED_KERAS = """
+import sys
+import tensorflow as tf
+import tf_keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(devices=("/cpu:0", "/cpu:1"))
+with strategy.scope():
+    model = tf_keras.models.Sequential()
+    model.add(tf_keras.layers.Input(dtype="float32", shape=(1,), name="x"))
+    model.add(tf_keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros"))
+    model.add(tf_keras.layers.Lambda(lambda x: x, name="y"))
+tf.saved_model.save(model, sys.argv[1])
+"""
+
+
+def test_distrat_sequential_keras_saved_model_save(tmp_path):
+    """test_distrat_sequential_keras_saved_model_save: a Keras model built under a
+    MirroredStrategy over two virtual CPUs. The virtual devices must exist before TensorFlow
+    starts, so the model is saved by a fresh interpreter; it is served here."""
+    import subprocess
+    import sys
+
+    export_path = tmp_path / "keras_sequential_saved_model_save" / "00000123"
+    subprocess.run([sys.executable, "-c", DISTRIBUTED_KERAS, str(export_path)], check=True,
+                   capture_output=True, timeout=300,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     running = _serve_one_off(export_path.parent)
     try:
         with grpc.insecure_channel(running.grpc_address) as channel:
