@@ -117,6 +117,18 @@ def write_all(config: PipelineConfig, out_dir: str, rewrite: bool = False,
     return write_index(config, out_dir, home, index_name)
 
 
+def write_after_cycle(config: PipelineConfig, say=lambda line: None) -> Optional[str]:
+    """For `ctpipe watch` and `ctpipe demo` after every decision: bring <home>/reports/ up to
+    date (the new cycle's page and the index). A report never fails a cycle: an error is said
+    in one line and None returned."""
+    try:
+        return write_all(config, reports_dir(config), say=say)
+    except Exception as error:  # noqa: BLE001 - the cycle's decision stands without its page
+        first = str(error).splitlines()[0][:200] if str(error) else ""
+        say(f"report: not written: {type(error).__name__}: {first}")
+        return None
+
+
 def _home(config: PipelineConfig) -> "Home":
     from ctpipe.pipeline.report_data import Home
 
@@ -347,6 +359,8 @@ def _facts(view: CycleView) -> str:
               "the rolling window of accepted spans"),
         _fact("drift baseline", f"span {view.baseline_span}" if view.baseline_span is not None
               else "none", view.baseline_note),
+        _fact("span in the ledger now", view.ledger_now,
+              "operator actions since this cycle show here", "ledger-now"),
         _fact("finished", _time(decision.finished_at),
               f"took {decision.seconds:.1f} s" if decision.seconds is not None else ""),
     ]
@@ -592,7 +606,7 @@ def render_index(home: Home) -> str:
                            "changed since by an action after the last cycle"))
     body = [f'<section class="facts">{"".join(facts)}</section>',
             _history(points, highlight=None, subject="all cycles"),
-            '<h2 id="spans">Every span</h2>', _span_table(latest, points)]
+            '<h2 id="spans">Every span</h2>', _span_table(home, latest, points)]
     nothing_new = sum(1 for r in home.records if r.decision is not None
                       and r.decision.outcome.value == "no_new_data")
     if nothing_new:
@@ -617,7 +631,7 @@ def _why(decision) -> str:
     return reasons[0] if reasons else ""
 
 
-def _span_table(latest, points: List[CyclePoint]) -> str:
+def _span_table(home: "Home", latest, points: List[CyclePoint]) -> str:
     labels_after = {p.record_id: p.labels for p in points}
     rows = []
     for span in sorted(latest, reverse=True):
@@ -634,8 +648,10 @@ def _span_table(latest, points: List[CyclePoint]) -> str:
                  f'<td class="num">{esc(decision.model_version or "-")}</td>',
                  f'<td>{esc(_labels_text(labels_after.get(record.id, {})))}</td>',
                  f'<td>{esc(_time(decision.finished_at))}</td>',
+                 f'<td class="wrap">{esc(home.ledger_status(span))}</td>',
                  f'<td class="wrap">{esc(_why(decision)[:200])}</td>']
         rows.append(f'<tr data-span="{span}">{"".join(cells)}</tr>')
     header = "".join(f"<th>{h}</th>" for h in ("span", "outcome", "AUC", "baseline", "version",
-                                                "serving after", "finished", "why"))
+                                                "serving after", "finished", "ledger now",
+                                                "why"))
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

@@ -103,6 +103,7 @@ class CycleView:
     slices: Dict[str, Dict[str, Dict[str, float]]]  # slice -> model -> metric -> value
     slices_note: str
     actions: List[OperatorAction]  # operator actions naming this span
+    ledger_now: str  # what the latest ledger says of this span
     artifacts: Dict[str, str]  # what was read, by name -> uri ("" = not there)
 
 
@@ -158,18 +159,16 @@ class Home:
         return self.local(artifact.uri) if artifact is not None else ""
 
     def local(self, uri: Optional[str]) -> str:
-        """`uri` where it is now: as recorded, or under this home's pipeline_root when the
-        home was copied or moved; "" when it is not there."""
+        """`uri` where it is now: under this home's pipeline_root (the same path unless the
+        home was copied or moved), else as recorded; "" when it is not there."""
         if not uri:
             return ""
-        if os.path.exists(uri):
-            return uri
         marker = f"{os.sep}pipeline_root{os.sep}"
         if marker in uri:
-            moved = os.path.join(self.config.pipeline_root, uri.split(marker, 1)[1])
-            if os.path.exists(moved):
-                return moved
-        return ""
+            here = os.path.join(self.config.pipeline_root, uri.split(marker, 1)[1])
+            if os.path.exists(here):
+                return here
+        return uri if os.path.exists(uri) else ""
 
     # -- the history ---------------------------------------------------------------------------
     def points(self) -> List[CyclePoint]:
@@ -190,6 +189,18 @@ class Home:
         if not labels and record.decision.model_version is not None:
             labels = {"stable": int(record.decision.model_version)}
         return labels
+
+    def ledger_status(self, span: int) -> str:
+        """What the latest ledger says of `span` now (an operator may have changed it since
+        its cycle): accepted, released by an operator, quarantined (by whom), or pending."""
+        entry = self.ledger.entry(span)
+        if entry is None:
+            return "pending (not in the ledger)"
+        if span in self.ledger.quarantined_spans():
+            return f"quarantined by {entry.get('by', 'the gate')}"
+        if entry.get("released"):
+            return f"accepted: released by an operator ({entry['released']})"
+        return "accepted"
 
     def release_now(self) -> Optional[Dict[str, int]]:
         """The release manifest's labels now; None when the home has no manifest (made before
@@ -234,7 +245,8 @@ class Home:
             distributions=distributions, statistics_note=statistics_note,
             anomalies=anomalies, anomalies_note=anomalies_note,
             slices=slices, slices_note=slices_note,
-            actions=[a for a in self.actions if a.span == span], artifacts=uris)
+            actions=[a for a in self.actions if a.span == span],
+            ledger_now=self.ledger_status(span), artifacts=uris)
 
     def _baseline_span(self, run: Optional[RunRecord], span: int) -> Tuple[Optional[int], str]:
         state = run.outputs.get("DataGate", {}).get("state") if run else None

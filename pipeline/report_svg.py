@@ -209,7 +209,7 @@ def histogram(edges: Sequence[float], series: Sequence[Series], title: str,
     label_every = max(1, math.ceil((len(edges)) / 6))
     step = (edges[-1] - edges[0]) / bins * label_every if len(edges) > 1 else 0.0
     for index, edge in enumerate(edges):
-        if index % label_every and index != len(edges) - 1:
+        if not _labelled(index, len(edges), label_every):
             continue
         x = left + index * slot
         body.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" '
@@ -271,7 +271,7 @@ def line_chart(x_labels: Sequence[str], series: Sequence[Series], title: str,
                 f'stroke="currentColor"/>')
     label_every = max(1, math.ceil(count / 30))
     for index, label in enumerate(x_labels):
-        if index % label_every and index != count - 1:
+        if not _labelled(index, count, label_every):
             continue
         body.append(_text(x_at(index), top + plot_h + 15, label, "middle", ' font-size="10"'))
     for index, colour, tooltip in marks:
@@ -297,6 +297,15 @@ def line_chart(x_labels: Sequence[str], series: Sequence[Series], title: str,
                             f'{esc(x_labels[index])}: {esc(number_text(value))}</title>'
                             f'</circle>')
     return _svg(width, height, body, title)
+
+
+def _labelled(index: int, count: int, every: int) -> bool:
+    """Label every `every`-th position, and the last one unless it would crowd the one
+    labelled before it."""
+    if index % every == 0:
+        return True
+    distance = index % every
+    return index == count - 1 and distance >= 2 and distance >= 0.6 * every
 
 
 def _runs(values: Sequence[Number]) -> List[List[int]]:
