@@ -222,7 +222,7 @@ main { max-width: 1240px; margin: 0 auto; padding: 0 20px 48px; }
 .fact { background: var(--card); border-radius: 6px; padding: 10px 14px; }
 .fact .k { font-size: 13px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
 .fact .v { font-size: 30px; font-weight: 700; }
-.fact .v.long { font-size: 21px; }
+.fact .v.long { font-size: 21px; } .fact .v.longer { font-size: 16px; }
 .fact .n { font-size: 14px; color: var(--muted); }
 .reasons li { margin: 4px 0; font-size: 17px; }
 .reasons li:first-child { font-weight: 700; }
@@ -266,7 +266,7 @@ def _outcome(outcome: str) -> tuple:
 
 def _fact(key: str, value: object, note: str = "", ident: str = "") -> str:
     attribute = f' id="{esc(ident)}"' if ident else ""
-    size = " long" if len(str(value)) > 14 else ""
+    size = " longer" if len(str(value)) > 32 else " long" if len(str(value)) > 14 else ""
     return (f'<div class="fact"><div class="k">{esc(key)}</div><div class="v{size}"{attribute}>'
             f'{esc(value)}</div><div class="n">{esc(note)}</div></div>')
 
@@ -359,8 +359,8 @@ def _facts(view: CycleView) -> str:
               "the rolling window of accepted spans"),
         _fact("drift baseline", f"span {view.baseline_span}" if view.baseline_span is not None
               else "none", view.baseline_note),
-        _fact("span in the ledger now", view.ledger_now,
-              "operator actions since this cycle show here", "ledger-now"),
+        _fact("span in the ledger", view.ledger_now,
+              "when this page was written (the index always says it now)", "ledger-now"),
         _fact("finished", _time(decision.finished_at),
               f"took {decision.seconds:.1f} s" if decision.seconds is not None else ""),
     ]

@@ -235,8 +235,8 @@ def line_chart(x_labels: Sequence[str], series: Sequence[Series], title: str,
     if not y_range and not integer_y:
         pad = (high - low) * 0.08 or 0.01
         low, high = low - pad, high + pad
-    if integer_y:
-        low, high = math.floor(low), math.ceil(high)
+    if integer_y:  # half a step of room: a line at the lowest version stays off the axis
+        low, high = math.floor(low) - 0.5, math.ceil(high) + 0.5
     if high == low:
         low, high = low - 1, high + 1
     span = high - low
@@ -259,7 +259,8 @@ def line_chart(x_labels: Sequence[str], series: Sequence[Series], title: str,
                     f'data-highlight="{highlight}"/>')
     ticks = nice_ticks(low, high, 5)
     if integer_y:
-        ticks = sorted({int(round(t)) for t in ticks if abs(t - round(t)) < 1e-9}) or [int(low)]
+        ticks = sorted({int(round(t)) for t in ticks if abs(t - round(t)) < 1e-9
+                        and low <= t <= high}) or [int(math.ceil(low))]
     for tick in ticks:
         y = y_at(tick)
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
