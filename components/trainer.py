@@ -395,8 +395,16 @@ def set_signature_method(export_dir: str, signature: str, method: str) -> None:
 
 
 def write_warmup_requests(export_dir: str, serialized_examples: List[bytes]) -> None:
-    """A few real requests TF Serving replays before it serves a new version (no cold spike)."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    """Real requests TF Serving replays before it serves a new version (no slow first request),
+    for each signature: serving_default (serialized tf.Examples), serving_raw (the same rows as
+    raw feature tensors) and classification (a Classify on the same tf.Examples); one row,
+    then the whole sample."""
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        model_pb2,
+        predict_pb2,
+        prediction_log_pb2,
+    )
 
     path = os.path.join(export_dir, WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
@@ -405,9 +413,25 @@ def write_warmup_requests(export_dir: str, serialized_examples: List[bytes]) -> 
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(signature_name="serving_default"))
             request.inputs["examples"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+
+            raw = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(signature_name="serving_raw"))
+            dense = dense_features_from_examples(tf.constant(batch, dtype=tf.string))
+            for name, spec in raw_feature_signature().items():
+                raw.inputs[name].CopyFrom(tf.make_tensor_proto(dense[name].numpy(), spec.dtype))
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=raw)).SerializeToString())
+
+            if batch:  # Classify refuses an empty input (and so would the load)
+                classify = classification_pb2.ClassificationRequest(
+                    model_spec=model_pb2.ModelSpec(signature_name="classification"))
+                classify.input.example_list.examples.extend(
+                    tf.train.Example.FromString(s) for s in batch)
+                writer.write(prediction_log_pb2.PredictionLog(
+                    classify_log=prediction_log_pb2.ClassifyLog(request=classify))
+                    .SerializeToString())
 
 
 def export_serving_model(model: tf_keras.Model, export_dir: str,

@@ -52,6 +52,8 @@ def _say_what_the_window_shows(decisions: List[Decision]) -> None:
 
 def run_demo(config: PipelineConfig, home: Optional[str], sample_root: Optional[str],
              as_json: bool, progress: Callable[[str], None]) -> int:
+    from ctpipe.pipeline.report import write_after_cycle
+
     home = os.path.abspath(home or tempfile.mkdtemp(prefix="ctpipe-demo-"))
     sample = Path(sample_root) if sample_root else REPO_SAMPLE
     if not (sample / "span-1").is_dir():
@@ -71,8 +73,11 @@ def run_demo(config: PipelineConfig, home: Optional[str], sample_root: Optional[
         decision = run_cycle(config, progress=progress)
         decisions.append(decision)
         progress(format_decision(decision))
+        write_after_cycle(config, progress)
+    index = os.path.join(home, "reports", "index.html")
     if as_json:
-        print(json.dumps({"home": home, "decisions": [d.to_dict() for d in decisions]}))
+        print(json.dumps({"home": home, "decisions": [d.to_dict() for d in decisions],
+                          "report": index}))
     else:
         print()
         print(history_table(decisions))
@@ -81,4 +86,5 @@ def run_demo(config: PipelineConfig, home: Optional[str], sample_root: Optional[
         print(f"served models: {config.serving_model_dir}")
         print(f"next: ctpipe status --home {home}")
         _say_what_the_window_shows(decisions)
+        print(f"reports (every cycle, offline HTML): {index}")
     return 0 if all(d.outcome != "failed" for d in decisions) else 1

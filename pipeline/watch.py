@@ -66,6 +66,9 @@ def watch(config: PipelineConfig, interval: float, max_cycles: Optional[int],
                     stop.in_cycle = False
                 if decision is not None and decision.outcome != NO_NEW_DATA:
                     on_decision(decision)
+                    from ctpipe.pipeline.report import write_after_cycle
+
+                    write_after_cycle(config, say)
                     decided += 1
                     failures = failures + 1 if decision.outcome == FAILED else 0
                     if not failures:

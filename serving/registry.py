@@ -292,7 +292,8 @@ class ModelRegistry:
         routed = label or ""
         if label:
             if label not in labels:
-                raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label}")
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Unrecognized servable version label: {label}")
             version = labels[label]
         elif version is None and STABLE in labels:
             routed = STABLE
@@ -318,7 +319,8 @@ class ModelRegistry:
         if label:
             labels = model.labels()
             if label not in labels:
-                raise ServingError("NOT_FOUND", f"Unrecognized servable version label: {label}")
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Unrecognized servable version label: {label}")
             version = labels[label]
         statuses = sorted(model.statuses(), key=lambda s: -s.version)
         if version is not None:

@@ -89,7 +89,7 @@ def run_long_scenario(root: Path) -> LongRun:
     run.config_path.write_text(CONFIG)
     config = PipelineConfig.from_sources(str(run.config_path), {
         "home": str(run.home), "data_root": str(run.data_root)})
-    invariants = Invariants(run.home)
+    invariants = Invariants(run.home, keep_versions=4)  # keep_cycles in CONFIG
     temp_before = temp_entries()
 
     def after(label: str, **result: Any) -> None:

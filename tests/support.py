@@ -58,9 +58,13 @@ class Invariants:
     """The invariants of README "Continuity", checked against ML Metadata and the served files.
     `loaded` remembers versions already proven loadable (each is loaded once)."""
 
-    def __init__(self, home: Path, model_name: str = "big_tipper"):
+    def __init__(self, home: Path, model_name: str = "big_tipper",
+                 keep_versions: Optional[int] = None):
         self.home = Path(home)
         self.base = self.home / "serving" / model_name
+        # Retention may remove served versions beyond the newest `keep_versions` that the
+        # release manifest does not name (pipeline/retention.py prune_served_versions).
+        self.keep_versions = keep_versions
         self.loaded: Set[int] = set()
         self.max_version_seen = 0
 
@@ -78,6 +82,14 @@ class Invariants:
         problems += self._versions_grow_and_load(decisions)
         problems += self._labels_point_at_versions_on_disk()
         return problems
+
+    def _named_versions(self) -> Set[int]:
+        from ctpipe.components import release
+
+        path = self.base.parent / release.MANIFEST_FILE
+        if not path.exists():
+            return set()
+        return {v for entry in release.read(str(path)) for v in entry.versions}
 
     def _labels_point_at_versions_on_disk(self) -> List[str]:
         """The release manifest names only complete versions (a label never dangles)."""
@@ -130,6 +142,10 @@ class Invariants:
             problems.append(f"highest version fell from {self.max_version_seen} to {on_disk[-1]}")
         self.max_version_seen = max([self.max_version_seen, *on_disk])
         missing = sorted(set(pushed) - set(on_disk))
+        if self.keep_versions is not None:
+            named = self._named_versions()
+            newest = sorted(set(pushed))[-self.keep_versions:]
+            missing = [v for v in missing if v in named or v in newest]
         if missing:
             problems.append(f"pushed versions missing on disk: {missing}")
         leftovers = [n for n in os.listdir(self.base) if n.startswith(".incoming")] \

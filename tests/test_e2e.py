@@ -95,7 +95,7 @@ def test_served_model_signatures_agree(long_run):
         "tensorflow/serving/classify"
 
 
-def test_warmup_file_holds_predict_requests(long_run):
+def test_warmup_file_covers_every_signature(long_run):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -104,6 +104,9 @@ def test_warmup_file_holds_predict_requests(long_run):
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(str(path))]
     assert 1 <= len(logs) <= 1000
-    assert all(log.predict_log.request.model_spec.signature_name == "serving_default"
-               for log in logs)
+    kinds = {(log.WhichOneof("log_type"),
+              getattr(log, log.WhichOneof("log_type")).request.model_spec.signature_name)
+             for log in logs}
+    assert kinds == {("predict_log", "serving_default"), ("predict_log", "serving_raw"),
+                     ("classify_log", "classification")}
     assert logs[0].predict_log.request.inputs["examples"].string_val

@@ -28,13 +28,27 @@ def _post(url, body: bytes, content_type="application/json"):
 
 
 @pytest.fixture()
-def versions(long_run):
-    return long_run.home / "serving" / MODEL
+def pushed(long_run):
+    """The oldest and newest version the long run left on disk (retention removes others)."""
+    from ctpipe.components.layout import versions_on_disk
+
+    base = long_run.home / "serving" / MODEL
+    on_disk = versions_on_disk(str(base))
+    return base / str(on_disk[0]), base / str(on_disk[-1])
 
 
-def test_new_push_swaps_in_without_failed_requests(versions, tmp_path):
+@pytest.fixture()
+def versions(pushed, tmp_path):
+    """A base path holding those two as versions 1 and 2."""
+    base = tmp_path / "two" / MODEL
+    for directory in pushed:
+        publish_atomically(str(directory), str(base))
+    return base
+
+
+def test_new_push_swaps_in_without_failed_requests(pushed, tmp_path):
     base = tmp_path / "models" / MODEL
-    publish_atomically(str(versions / "1"), str(base))
+    publish_atomically(str(pushed[0]), str(base))
     server = start_server(model_config.single_model(MODEL, str(base)), grpc_port=0,
                           rest_port=0, poll_seconds=0.2)
     client = GrpcClient(server.grpc_address, MODEL, retries=0)
@@ -42,7 +56,7 @@ def test_new_push_swaps_in_without_failed_requests(versions, tmp_path):
     try:
         with RequestLoad(lambda: client.predict(row, "serving_default")) as load:
             assert wait_until(lambda: load.served > 20)
-            assert publish_atomically(str(versions / "2"), str(base)) == 2
+            assert publish_atomically(str(pushed[1]), str(base)) == 2
             assert wait_until(lambda: [s["version"] for s in client.status()
                                        if s["state"] == "AVAILABLE"] == [2])
             before = load.served
@@ -112,11 +126,14 @@ def test_rest_errors_are_json_with_status(server, body, status, fragment):
 
 
 def test_rest_404s(server):
-    for path in ("/v1/models/nope", f"/v1/models/{MODEL}/versions/77",
-                 f"/v1/models/{MODEL}/labels/missing", "/v2/whatever"):
+    for path in ("/v1/models/nope", f"/v1/models/{MODEL}/versions/77", "/v2/whatever"):
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(server.rest_url + path)
         assert error.value.code == 404 and "error" in json.loads(error.value.read())
+    # an unknown label is a bad request in TF Serving (ServerCore: INVALID_ARGUMENT)
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(f"{server.rest_url}/v1/models/{MODEL}/labels/missing")
+    assert error.value.code == 400
 
 
 def test_request_size_is_limited(server):

@@ -669,8 +669,6 @@ def test_predict_request_errors(two_versions, body, fragment):
     assert code == 400 and fragment in message
 
 
-@pytest.mark.xfail(strict=True, reason="serving/registry.py answers an unknown label NOT_FOUND "
-                   "(404); TF Serving's ServerCore answers INVALID_ARGUMENT (400)")
 def test_predict_request_errors_nonexistent_label(two_versions):
     """HttpRestApiHandlerTest.PredictRequestErrors, the nonexistent version label case."""
     running, _ = two_versions
