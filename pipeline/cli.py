@@ -25,7 +25,7 @@ from ctpipe.pipeline.command_line import EXIT_INTERNAL  # noqa: E402
 # {kubeflow, serving}), so this composition root names the areas instead of importing them.
 AREAS = ("ctpipe.pipeline.commands", "ctpipe.pipeline.release_ops", "ctpipe.pipeline.guard",
          "ctpipe.pipeline.lineage", "ctpipe.pipeline.skew", "ctpipe.pipeline.report",
-         "ctpipe.serving.commands", "ctpipe.kubeflow.commands")
+         "ctpipe.pipeline.pipeline_metrics", "ctpipe.serving.commands", "ctpipe.kubeflow.commands")
 
 
 def quiet_libraries() -> None:

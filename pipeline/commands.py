@@ -34,6 +34,10 @@ def register(commands) -> None:
     watch.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
     watch.add_argument("--max-cycles", type=int, help="stop after this many decisions")
     watch.add_argument("--from-span", type=int)
+    watch.add_argument("--metrics-port", type=int,
+                       help="serve the pipeline's Prometheus metrics at http://HOST:PORT/metrics")
+    watch.add_argument("--metrics-host", default="127.0.0.1",
+                       help="address for --metrics-port (0.0.0.0 to be scraped from outside)")
     add_config_flags(watch)
 
     quarantine = commands.add_parser("quarantine", help="list, add or release quarantined spans")
@@ -101,7 +105,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                          from_span=args.from_span)
     say = progress_printer(to_stderr=True)
     return watch(config, args.interval, args.max_cycles, decision_printer(args.json), say,
-                 progress=say)
+                 progress=say, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:

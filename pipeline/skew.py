@@ -566,5 +566,25 @@ def cmd_skew(args: argparse.Namespace) -> int:
         raise BadInput(f"--min-examples must be >= 1, got {args.min_examples}")
     config = load_config(args, home=args.home)
     report = skew_report(config, args.requests, args.min_examples)
+    record_result(config.home, report)
     print(json.dumps(report) if args.json else format_report(report), flush=True)
     return EXIT_SKEW if report["drifted"] else EXIT_OK
+
+
+def record_result(home: str, report: Dict[str, Any]) -> None:
+    """<home>/skew/latest.json (replaced whole) and history.jsonl (one line per check): what
+    the pipeline metrics publish as ctpipe_skew_drifted / ctpipe_skew_alarms_total."""
+    import time
+
+    folder = os.path.join(home, "skew")
+    os.makedirs(folder, exist_ok=True)
+    result = {"drifted": bool(report["drifted"]), "at": time.time(),
+              "anomalies": report["anomalies"]}
+    temporary = os.path.join(folder, f".latest.json.{os.getpid()}.tmp")
+    with open(temporary, "w") as handle:
+        json.dump(result, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, os.path.join(folder, "latest.json"))
+    with open(os.path.join(folder, "history.jsonl"), "a") as handle:
+        handle.write(json.dumps(result) + "\n")

@@ -37,13 +37,21 @@ class _StopRequest:
 
 def watch(config: PipelineConfig, interval: float, max_cycles: Optional[int],
           on_decision: Callable[[Decision], None], say: Callable[[str], None],
-          progress: Optional[Callable[[str], None]] = None) -> int:
+          progress: Optional[Callable[[str], None]] = None,
+          metrics_port: Optional[int] = None, metrics_host: str = "127.0.0.1") -> int:
     config = absolute(config)
     stop = _StopRequest(say)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     decided, failures = 0, 0
+    metrics = None
     try:
         with runner_lock(config.home):
+            if metrics_port is not None:  # after the lock: a refused watch serves nothing
+                from ctpipe.pipeline.pipeline_metrics import serve_metrics
+
+                metrics = serve_metrics(config, metrics_port, metrics_host,
+                                        data_root=config.data_root)
+                say(f"watch: pipeline metrics at {metrics.url}")
             say(f"watch: polling {config.data_root} every {interval:g}s for home {config.home}")
             while not stop.event.is_set() and (max_cycles is None or decided < max_cycles):
                 stop.in_cycle = True
@@ -79,6 +87,8 @@ def watch(config: PipelineConfig, interval: float, max_cycles: Optional[int],
                     say(f"watch: backing off {wait:g}s after {failures} failure(s)")
                 stop.event.wait(wait)
     finally:
+        if metrics is not None:
+            metrics.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     say(f"watch: stopped after {decided} decision(s)")

@@ -209,14 +209,16 @@ def test_canary_route_splits_unlabelled_predicts_on_a_real_server(long_run, tmp_
 
     from ctpipe.components import release
     from ctpipe.components.atomic_pusher import publish_atomically
+    from ctpipe.components.layout import versions_on_disk
     from ctpipe.serving import model_config
     from ctpipe.serving.server import start_server
 
     _, route = _route()
     base = tmp_path / "serving" / "big_tipper"
-    for version in (1, 2):
-        publish_atomically(str(long_run.home / "serving" / "big_tipper" / str(version)),
-                           str(base))
+    pushed = long_run.home / "serving" / "big_tipper"
+    on_disk = versions_on_disk(str(pushed))
+    for version in (on_disk[0], on_disk[-1]):  # become versions 1 and 2 here
+        publish_atomically(str(pushed / str(version)), str(base))
     manifest = release.manifest_path(str(tmp_path / "serving"))
     release.write(manifest, [release.Release("big_tipper", str(base), {"stable": 1,
                                                                         "canary": 2})])

@@ -22,10 +22,13 @@ from tests.support import REPO, deliver
 
 pytestmark = pytest.mark.e2e
 
+# No TF Serving runs beside the harness: the Pusher must not wait for one to load the new
+# version (the two-phase label move with a server is tests/test_release*.py's business).
 CONFIG = """
 min_steps = 40
 max_steps = 80
 kfp_beam_pipeline_args = []
+kfp_serving_rest = ""
 """
 GATED = ("Trainer", "Evaluator", "Pusher")
 

@@ -284,3 +284,11 @@ def test_logged_requests_reveal_serving_skew(production_home, tmp_path):
     report = json.loads(drifted.stdout)
     assert report["drifted"] is True and (report["requests"], report["examples"]) == (6, 300)
     assert {a["feature"] for a in report["anomalies"]} >= {"fare", "payment_type"}
+    # recorded for the pipeline metrics (ctpipe_skew_drifted, ctpipe_skew_alarms_total)
+    latest = json.loads((release_home / "skew" / "latest.json").read_text())
+    assert latest["drifted"] is True
+    assert len((release_home / "skew" / "history.jsonl").read_text().splitlines()) == 2
+    metrics = ctpipe("metrics", "--home", str(release_home))
+    assert metrics.returncode == 0, metrics.stderr
+    assert any(line.startswith("ctpipe_skew_drifted{") and line.endswith(" 1.0")
+               for line in metrics.stdout.splitlines()), metrics.stdout
