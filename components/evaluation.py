@@ -51,7 +51,9 @@ def _gated(class_name: str, threshold: tfma.MetricThreshold) -> tfma.MetricConfi
         tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)])
 
 
-def _number(value: Any) -> Optional[float]:
+def metric_number(value: Any) -> Optional[float]:
+    """A TFMA metric value (a number or {"doubleValue": ...}) as a rounded float; None for NaN
+    or a non-number."""
     if isinstance(value, dict):
         value = value.get("doubleValue", value.get("value"))
     try:
@@ -78,7 +80,7 @@ def overall_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
             if slice_key != ():
                 continue
             values = metrics.get("", {}).get("", {})
-            numbers = {name: _number(values[name]) for name in REPORTED_METRICS
+            numbers = {name: metric_number(values[name]) for name in REPORTED_METRICS
                        if name in values}
             if numbers:
                 result[model_name] = {k: v for k, v in numbers.items() if v is not None}

@@ -536,16 +536,6 @@ def load_anomalies(uri: str) -> List[Anomaly]:
     return found
 
 
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, dict):
-        value = value.get("doubleValue", value.get("value"))
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if number != number else round(number, 4)
-
-
 def slice_name(slice_key) -> str:
     """'all data' for the overall slice, 'payment_type=Cash' for a feature slice."""
     if not slice_key:
@@ -559,7 +549,7 @@ def load_slice_metrics(uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
     the first run there is no baseline and TFMA's one model has no name)."""
     import tensorflow_model_analysis as tfma
 
-    from ctpipe.components.evaluation import BASELINE, CANDIDATE, REPORTED_METRICS
+    from ctpipe.components.evaluation import BASELINE, CANDIDATE, REPORTED_METRICS, metric_number
 
     result: Dict[str, Dict[str, Dict[str, float]]] = {}
     loaded = set()
@@ -572,7 +562,8 @@ def load_slice_metrics(uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
             continue
         for slice_key, metrics in evaluation.slicing_metrics:
             values = metrics.get("", {}).get("", {})
-            numbers = {name: _number(values[name]) for name in REPORTED_METRICS if name in values}
+            numbers = {name: metric_number(values[name]) for name in REPORTED_METRICS
+                       if name in values}
             numbers = {k: v for k, v in numbers.items() if v is not None}
             if numbers:
                 loaded.add(model)
