@@ -38,6 +38,11 @@ def register(commands) -> None:
                        help="serve the pipeline's Prometheus metrics at http://HOST:PORT/metrics")
     watch.add_argument("--metrics-host", default="127.0.0.1",
                        help="address for --metrics-port (0.0.0.0 to be scraped from outside)")
+    watch.add_argument("--skew-requests",
+                       help="request-log folder (serve --request-log-dir): check serving skew "
+                       "between polls when new logs arrive")
+    watch.add_argument("--guard-server",
+                       help="REST address of the server: run `ctpipe guard` between polls")
     add_config_flags(watch)
 
     quarantine = commands.add_parser("quarantine", help="list, add or release quarantined spans")
@@ -104,8 +109,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     config = load_config(args, data_root=args.data_root, home=args.home,
                          from_span=args.from_span)
     say = progress_printer(to_stderr=True)
+    from ctpipe.pipeline.watch import GuardCheck, SkewCheck
+
+    checks = []
+    if args.skew_requests:
+        checks.append(SkewCheck(config, args.skew_requests, say))
+    if args.guard_server:
+        checks.append(GuardCheck(config, args.guard_server, say))
     return watch(config, args.interval, args.max_cycles, decision_printer(args.json), say,
-                 progress=say, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+                 progress=say, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                 between_polls=checks)
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:

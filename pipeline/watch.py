@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Callable, Optional
+import time
+from typing import Callable, List, Optional
 
 from ctpipe.pipeline.config import PipelineConfig
 from ctpipe.pipeline.errors import BadInput, HomeBusy
@@ -17,6 +18,58 @@ from ctpipe.pipeline.local_runner import absolute, next_cycle, runner_lock
 from ctpipe.pipeline.outcomes import FAILED, NO_NEW_DATA, Decision
 
 MAX_BACKOFF_SECONDS = 600.0
+
+
+class SkewCheck:
+    """Between polls: when new complete request-log files have arrived, compare them with the
+    production model's training data (`ctpipe skew`) and record the result, which the pipeline
+    metrics publish (ctpipe_skew_drifted, ctpipe_skew_alarms_total) for the alert."""
+
+    def __init__(self, config: PipelineConfig, requests_dir: str, say: Callable[[str], None]):
+        self.config, self.requests_dir, self.say = config, requests_dir, say
+        self.seen: Optional[tuple] = None
+
+    def __call__(self) -> None:
+        from ctpipe.pipeline import skew
+
+        files = tuple(skew.complete_log_files(self.requests_dir))
+        if not files or files == self.seen:
+            return
+        self.seen = files
+        try:
+            report = skew.skew_report(self.config, self.requests_dir)
+        except BadInput as error:
+            self.say(f"watch: skew check skipped: {error}")
+            return
+        skew.record_result(self.config.home, report)
+        found = ", ".join(sorted({a["feature"] for a in report["anomalies"]}))
+        verdict = f"DRIFTED ({found})" if report["drifted"] else "none"
+        self.say(f"watch: serving skew: {verdict} over {report['examples']} logged rows")
+
+
+class GuardCheck:
+    """Between polls: `ctpipe guard` over the time since the last poll (canary removal,
+    rollback, auto-promotion; every action recorded)."""
+
+    def __init__(self, config: PipelineConfig, server: str, say: Callable[[str], None]):
+        self.config, self.server, self.say = config, server, say
+        self.before, self.at = None, 0.0
+
+    def __call__(self) -> None:
+        from ctpipe.pipeline import guard
+
+        try:
+            after = guard.scrape(self.server)
+        except BadInput as error:
+            self.say(f"watch: guard skipped: {error}")
+            return
+        now = time.monotonic()
+        if self.before is not None:
+            report = guard.evaluate(self.config, self.before, after, guard.Bounds(),
+                                    self.server, round(now - self.at, 1))
+            if report["action"]:
+                self.say(guard.describe(report))
+        self.before, self.at = after, now
 
 
 class _StopRequest:
@@ -38,7 +91,8 @@ class _StopRequest:
 def watch(config: PipelineConfig, interval: float, max_cycles: Optional[int],
           on_decision: Callable[[Decision], None], say: Callable[[str], None],
           progress: Optional[Callable[[str], None]] = None,
-          metrics_port: Optional[int] = None, metrics_host: str = "127.0.0.1") -> int:
+          metrics_port: Optional[int] = None, metrics_host: str = "127.0.0.1",
+          between_polls: Optional[List[Callable[[], None]]] = None) -> int:
     config = absolute(config)
     stop = _StopRequest(say)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -81,6 +135,11 @@ def watch(config: PipelineConfig, interval: float, max_cycles: Optional[int],
                     failures = failures + 1 if decision.outcome == FAILED else 0
                     if not failures:
                         continue  # more may be pending: no wait
+                for check in between_polls or []:
+                    try:
+                        check()
+                    except Exception as error:  # noqa: BLE001 - a check never stops watch
+                        say(f"watch: {type(check).__name__} failed: {error}")
                 wait = interval if not failures else min(interval * 2 ** failures,
                                                          MAX_BACKOFF_SECONDS)
                 if failures:

@@ -244,7 +244,7 @@ def production_home(long_run, tmp_path):
     return home
 
 
-def test_logged_requests_reveal_serving_skew(production_home, tmp_path):
+def test_logged_requests_reveal_serving_skew(production_home, long_run, tmp_path):
     """serve --request-log-dir writes PredictionLogs; `ctpipe skew` finds no skew in requests
     like the training data and exits 3 on drifted ones."""
     import csv
@@ -292,3 +292,18 @@ def test_logged_requests_reveal_serving_skew(production_home, tmp_path):
     assert metrics.returncode == 0, metrics.stderr
     assert any(line.startswith("ctpipe_skew_drifted{") and line.endswith(" 1.0")
                for line in metrics.stdout.splitlines()), metrics.stdout
+
+    # ctpipe watch runs the same check between polls and records it
+    (release_home / "skew" / "latest.json").unlink()
+    process = subprocess.Popen(
+        ctpipe_command("watch", "--home", str(release_home), "--data-root",
+                       str(long_run.data_root), "--interval", "1", "--skew-requests",
+                       str(tmp_path / "logs-drifted")), stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        assert wait_for_line(process.stderr, "watch: serving skew: DRIFTED", 180, seen), \
+            "".join(seen)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert json.loads((release_home / "skew" / "latest.json").read_text())["drifted"] is True
