@@ -81,10 +81,14 @@ def _failing_model(directory):
 @pytest.fixture()
 def release_home(long_run, tmp_path):
     """A home with three served versions (copies of the long run's), stable 1, canary 2."""
+    from ctpipe.components.layout import versions_on_disk
+
     home = tmp_path / "home"
     base = home / "serving" / MODEL
-    for version in (1, 2):
-        publish_atomically(str(long_run.home / "serving" / MODEL / str(version)), str(base))
+    pushed = long_run.home / "serving" / MODEL
+    on_disk = versions_on_disk(str(pushed))  # retention keeps the oldest (stable) and newest
+    for version in (on_disk[0], on_disk[-1]):  # become versions 1 and 2 here
+        publish_atomically(str(pushed / str(version)), str(base))
     shutil.copy(long_run.home / "metadata.sqlite", home / "metadata.sqlite")
     release.write(release.manifest_path(str(home / "serving")),
                   [release.Release(MODEL, str(base), {"stable": 1, "canary": 2})])
@@ -250,11 +254,17 @@ def test_logged_requests_reveal_serving_skew(production_home, long_run, tmp_path
     import csv
 
     release_home = production_home
+    from ctpipe.pipeline.corruptions import CORRUPTIONS
     from ctpipe.serving.clients import RestClient
 
+    from tests.scenario import LASTING_CHANGE
     from tests.support import SAMPLE
 
-    with open(SAMPLE / "span-5" / "data.csv", newline="") as handle:
+    # Requests like the production model's training data: the long run's later spans carry a
+    # lasting change (payments shifted) that its operator accepted, so clean traffic has it too.
+    like_training = tmp_path / "like-training.csv"
+    CORRUPTIONS[LASTING_CHANGE](str(SAMPLE / "span-5" / "data.csv"), str(like_training))
+    with open(like_training, newline="") as handle:
         rows = list(csv.DictReader(handle))[:300]
     results = {}
     for kind, columns in (("clean", _raw_columns(rows)),
