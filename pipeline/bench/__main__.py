@@ -43,13 +43,15 @@ def serving_bench(work: str, model_base: str, quick: bool) -> Optional[Dict[str,
     out = os.path.join(work, "serving.json")
     argv = [sys.executable, "-m", "ctpipe.serving.benchmark", "--model-base-path", model_base,
             "--json-out", out] + (["--quick"] if quick else [])
-    completed = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(completed.stdout)
+    # stdout: the table and ratios (printed at the end); stderr: one progress line per cell
+    completed = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
     if completed.returncode != 0 or not os.path.exists(out):
         print(f"serving benchmark failed (exit {completed.returncode})", file=sys.stderr)
         return None
     with open(out) as handle:
-        return json.load(handle)
+        result = json.load(handle)
+    result["markdown"] = completed.stdout.strip()
+    return result
 
 
 def main(argv: Optional[List[str]] = None) -> int:
