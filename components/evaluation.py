@@ -63,28 +63,34 @@ def metric_number(value: Any) -> Optional[float]:
     return None if math.isnan(number) else round(number, 4)
 
 
-def overall_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
-    """{'candidate': {...}, 'baseline': {...}} for the overall slice (baseline absent on run 1)."""
-    result: Dict[str, Dict[str, float]] = {}
-    # With a baseline TFX names the models candidate/baseline; on the first run the only model
-    # has no name.
+def metrics_by_slice(evaluation_uri: str) -> Dict[tuple, Dict[str, Dict[str, float]]]:
+    """{TFMA slice key: {'candidate'|'baseline': {metric: value}}}; () is the overall slice.
+    With a baseline TFX names the models candidate/baseline; on the first run the only model
+    has no name (and is the candidate)."""
+    result: Dict[tuple, Dict[str, Dict[str, float]]] = {}
+    loaded = set()
     for model_name, stored_as in ((CANDIDATE, CANDIDATE), (BASELINE, BASELINE),
                                   (CANDIDATE, None)):
-        if model_name in result:
+        if model_name in loaded:
             continue
         try:
             evaluation = tfma.load_eval_result(evaluation_uri, model_name=stored_as)
         except Exception:  # noqa: BLE001 - an absent model raises various errors across TFMA
             continue
         for slice_key, metrics in evaluation.slicing_metrics:
-            if slice_key != ():
-                continue
             values = metrics.get("", {}).get("", {})
             numbers = {name: metric_number(values[name]) for name in REPORTED_METRICS
                        if name in values}
+            numbers = {k: v for k, v in numbers.items() if v is not None}
             if numbers:
-                result[model_name] = {k: v for k, v in numbers.items() if v is not None}
+                loaded.add(model_name)
+                result.setdefault(slice_key, {})[model_name] = numbers
     return result
+
+
+def overall_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+    """{'candidate': {...}, 'baseline': {...}} for the overall slice (baseline absent on run 1)."""
+    return metrics_by_slice(evaluation_uri).get((), {})
 
 
 def failed_thresholds(evaluation_uri: str) -> List[str]:

@@ -547,27 +547,9 @@ def slice_name(slice_key) -> str:
 def load_slice_metrics(uri: str) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{slice: {"candidate"|"baseline": {metric: value}}} from the Evaluator's evaluation (on
     the first run there is no baseline and TFMA's one model has no name)."""
-    import tensorflow_model_analysis as tfma
+    from ctpipe.components.evaluation import metrics_by_slice
 
-    from ctpipe.components.evaluation import BASELINE, CANDIDATE, REPORTED_METRICS, metric_number
-
-    result: Dict[str, Dict[str, Dict[str, float]]] = {}
-    loaded = set()
-    for model, stored_as in ((CANDIDATE, CANDIDATE), (BASELINE, BASELINE), (CANDIDATE, None)):
-        if model in loaded:
-            continue
-        try:
-            evaluation = tfma.load_eval_result(uri, model_name=stored_as)
-        except Exception:  # noqa: BLE001 - an absent model raises various errors across TFMA
-            continue
-        for slice_key, metrics in evaluation.slicing_metrics:
-            values = metrics.get("", {}).get("", {})
-            numbers = {name: metric_number(values[name]) for name in REPORTED_METRICS
-                       if name in values}
-            numbers = {k: v for k, v in numbers.items() if v is not None}
-            if numbers:
-                loaded.add(model)
-                result.setdefault(slice_name(slice_key), {})[model] = numbers
+    result = {slice_name(key): models for key, models in metrics_by_slice(uri).items()}
     ordered = {"all data": result.pop("all data")} if "all data" in result else {}
     ordered.update(sorted(result.items()))
     return ordered
