@@ -133,9 +133,9 @@ class RunRecord:
     finished_ms: int
 
 
-def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
-             pipeline_name: str) -> RunRecord:
-    executions = store.get_executions_by_context(run_context.id)
+def node_ids(store: mlmd.MetadataStore, executions: List[mlmd_pb2.Execution],
+             pipeline_name: str) -> Dict[int, str]:
+    """{execution id: node id} in either layout (TFX's node contexts, KFP's task names)."""
     node_of = {}
     for execution in executions:
         if KFP_TASK_NAME in execution.custom_properties:  # KFP v2: the task name is the node id
@@ -144,6 +144,27 @@ def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
         for context in store.get_contexts_by_execution(execution.id):
             if context.type == "node":
                 node_of[execution.id] = context.name[len(pipeline_name) + 1:]
+    return node_of
+
+
+def component_seconds(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
+                      pipeline_name: str) -> Dict[str, float]:
+    """Seconds per component of one pipeline run, from its executions' ML Metadata times
+    (a node with several executions counts their sum)."""
+    executions = store.get_executions_by_context(run_context.id)
+    node_of = node_ids(store, executions, pipeline_name)
+    seconds: Dict[str, float] = {}
+    for execution in executions:
+        name = node_of.get(execution.id, str(execution.id))
+        seconds[name] = seconds.get(name, 0.0) + (execution.last_update_time_since_epoch
+                                                  - execution.create_time_since_epoch) / 1000.0
+    return seconds
+
+
+def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
+             pipeline_name: str) -> RunRecord:
+    executions = store.get_executions_by_context(run_context.id)
+    node_of = node_ids(store, executions, pipeline_name)
     events = store.get_events_by_execution_ids([e.id for e in executions])
     output_events = [e for e in events if e.type == mlmd_pb2.Event.OUTPUT]
     artifacts = {a.id: a for a in store.get_artifacts_by_id(

@@ -199,6 +199,7 @@ def consecutive_data_blocked(decisions: List[Decision], actions=()) -> int:
 def component_seconds(store, pipeline: str, run_id: str) -> Dict[str, float]:
     """Seconds per component of one pipeline run, from its executions' MLMD times."""
     from ctpipe.pipeline.outcomes import LAYOUTS
+    from ctpipe.pipeline.outcomes import component_seconds as run_seconds
 
     run = None
     for _, run_type in LAYOUTS:
@@ -207,15 +208,7 @@ def component_seconds(store, pipeline: str, run_id: str) -> Dict[str, float]:
             break
     if run is None:
         return {}
-    result: Dict[str, float] = {}
-    for execution in store.get_executions_by_context(run.id):
-        nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
-                 if c.type == "node"]
-        name = nodes[0][len(pipeline) + 1:] if nodes else str(execution.id)
-        seconds = (execution.last_update_time_since_epoch
-                   - execution.create_time_since_epoch) / 1000.0
-        result[name] = round(result.get(name, 0.0) + seconds, 3)
-    return result
+    return {name: round(seconds, 3) for name, seconds in run_seconds(store, run, pipeline).items()}
 
 
 def _latest_ledger(store, pipeline: str):
