@@ -92,7 +92,9 @@ def eval_files(examples_uri: str) -> List[str]:
 
 def score(model_uri: str, files: Iterable[str], batch: int = 1024) -> Tuple[np.ndarray,
                                                                            np.ndarray]:
-    """(labels, probabilities) of the model's serving_default signature on tf.Example files."""
+    """(labels, probabilities) of the model's serving_default signature on tf.Example files:
+    its `probabilities` output (ours), else its only output (any model taking serialized
+    tf.Examples, e.g. the bench's stock model)."""
     import tensorflow as tf
 
     files = list(files)
@@ -100,11 +102,15 @@ def score(model_uri: str, files: Iterable[str], batch: int = 1024) -> Tuple[np.n
         return np.zeros(0), np.zeros(0)
     signature = tf.saved_model.load(os.path.join(model_uri, SERVING_DIR)).signatures[
         "serving_default"]
+    [input_name] = list(signature.structured_input_signature[1])
     labels, scores = [], []
     label_spec = {F.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
     for records in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch):
         labels.append(tf.io.parse_example(records, label_spec)[F.LABEL_KEY].numpy())
-        scores.append(signature(examples=records)["probabilities"].numpy().reshape(-1))
+        outputs = signature(**{input_name: records})
+        output = outputs["probabilities"] if "probabilities" in outputs else \
+            next(iter(outputs.values()))
+        scores.append(output.numpy().reshape(-1))
     return np.concatenate(labels), np.concatenate(scores)
 
 

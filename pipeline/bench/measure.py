@@ -53,14 +53,8 @@ def component_seconds(metadata_path: str, pipeline_name: str) -> Dict[str, float
     runs = outcomes.pipeline_runs(store, pipeline_name)
     if not runs:
         return {}
-    result = {}
-    for execution in store.get_executions_by_context(runs[-1].id):
-        nodes = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type == "node"]
-        name = nodes[0][len(pipeline_name) + 1:] if nodes else str(execution.id)
-        seconds = (execution.last_update_time_since_epoch
-                   - execution.create_time_since_epoch) / 1000.0
-        result[name] = round(seconds, 1)
-    return result
+    return {name: round(seconds, 1) for name, seconds in
+            outcomes.component_seconds(store, runs[-1], pipeline_name).items()}
 
 
 def latest_artifact_uri(metadata_path: str, type_name: str,
@@ -79,26 +73,15 @@ def model_auc(model_uri: str, eval_files: List[str]) -> Tuple[Optional[float], O
     """(AUC, its Hanley-McNeil standard error) of a Model artifact's serving_default (first
     output) on tf.Example files: on a few hundred rows the error bar matters."""
     import numpy as np
-    import tensorflow as tf
 
-    from ctpipe.components import features as F
-    from ctpipe.components.label_check import auc, auc_stderr
+    from ctpipe.components.label_check import auc, auc_stderr, score
 
-    signature = tf.saved_model.load(os.path.join(model_uri, "Format-Serving")).signatures[
-        "serving_default"]
-    input_name = list(signature.structured_input_signature[1])[0]
-    labels, scores = [], []
-    label_spec = {F.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
-    for records in tf.data.TFRecordDataset(eval_files, compression_type="GZIP").batch(1024):
-        labels.append(tf.io.parse_example(records, label_spec)[F.LABEL_KEY].numpy())
-        output = next(iter(signature(**{input_name: records}).values()))
-        scores.append(output.numpy().reshape(-1))
-    labels_all = np.concatenate(labels)
-    value = auc(labels_all, np.concatenate(scores))
+    labels, scores = score(model_uri, eval_files)
+    value = auc(labels, scores)
     if value is None:
         return None, None
-    positives = int(labels_all.astype(bool).sum())
-    return round(value, 4), round(auc_stderr(value, positives, len(labels_all) - positives), 4)
+    positives = int(np.asarray(labels).astype(bool).sum())
+    return round(value, 4), round(auc_stderr(value, positives, len(labels) - positives), 4)
 
 
 def overlap(eval_files: List[str], train_files: List[str]) -> int:
