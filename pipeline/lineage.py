@@ -23,6 +23,7 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 from ctpipe.components.layout import LINEAGE_FILE, WINDOW_FILE
 from ctpipe.pipeline.command_line import EXIT_OK, add_config_flags, load_config
 from ctpipe.pipeline.errors import BadInput
+from ctpipe.pipeline.outcomes import _prop
 
 MAX_CHAIN = 1000  # a warm-start chain longer than this is a loop in corrupted metadata
 
@@ -35,12 +36,6 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
             return json.load(handle)
     except Exception:  # noqa: BLE001 - removed by retention, or never written
         return None
-
-
-def _prop(artifact: mlmd_pb2.Artifact, name: str) -> Any:
-    from ctpipe.pipeline.outcomes import _prop as read_prop
-
-    return read_prop(artifact, name)
 
 
 class ModelIndex:
@@ -113,7 +108,7 @@ def lineage(store, pipeline_name: str, version: int,
         known = sorted(index.model_of_version)
         raise BadInput(f"no pushed model version {version} in ML Metadata "
                        f"(pushed versions: {', '.join(map(str, known)) or 'none'})")
-    trained = _lineage_file(model.uri)
+    trained = lineage_file(model.uri)
     trainer = index.producer_of(model.id)
     examples = index.input_of(trainer, "examples") if trainer else None
     window = _read_json(os.path.join(examples.uri, WINDOW_FILE)) if examples is not None else None
@@ -140,7 +135,7 @@ def lineage(store, pipeline_name: str, version: int,
     }
 
 
-def _lineage_file(model_uri: str) -> Dict[str, Any]:
+def lineage_file(model_uri: str) -> Dict[str, Any]:
     return _read_json(os.path.join(model_uri, LINEAGE_FILE)) or {}
 
 
@@ -170,7 +165,7 @@ def warm_start_chain(index: ModelIndex, model_uri: str) -> List[Dict[str, Any]]:
         seen.add(uri)
         model = index.model_by_uri(uri)
         recorded = _gate_record(index, model) if model is not None else {}
-        trained = _lineage_file(uri)
+        trained = lineage_file(uri)
         warm = recorded.get("warm_start") or trained.get("warm_start") or {}
         parent = warm.get("uri") if warm else trained.get("warm_start_uri")
         known = bool(recorded or trained)

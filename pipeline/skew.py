@@ -58,8 +58,6 @@ EXIT_OK, EXIT_SKEW = 0, 3
 MIN_EXAMPLES = 100
 # Predict inputs that carry serialized tf.Examples (serving_default, classification).
 SERIALIZED_INPUTS = ("examples", "inputs")
-STABLE_LABEL = "stable"
-MANIFEST_FILE = "models.config"
 COMPARATOR_PREFIX = "COMPARATOR_"
 COMPARATOR_NAMES = {"L_INFTY": "infinity_norm",
                     "JENSEN_SHANNON_DIVERGENCE": "jensen_shannon_divergence",
@@ -353,41 +351,21 @@ def skew_findings(training_statistics, serving_statistics, schema
 def production_version(home: str, model_name: str, model_dir: str) -> Tuple[int, str]:
     """(version, how it was chosen): the `stable` label of the release manifest, else the
     highest version on disk."""
-    import tensorflow as tf
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
+    from ctpipe.components import release
     from ctpipe.components.layout import versions_on_disk
 
-    manifest = os.path.join(home, "serving", MANIFEST_FILE)
-    if tf.io.gfile.exists(manifest):
-        with tf.io.gfile.GFile(manifest) as handle:
-            text = handle.read()
-        try:
-            config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
-        except text_format.ParseError as error:
-            raise BadInput(f"{manifest} is not a ModelServerConfig: {error}")
-        for entry in config.model_config_list.config:
-            if entry.name == model_name and STABLE_LABEL in entry.version_labels:
-                return int(entry.version_labels[STABLE_LABEL]), f"{STABLE_LABEL} in {manifest}"
+    manifest = release.manifest_path(os.path.join(home, "serving"))
+    try:
+        entries = release.read(manifest)
+    except release.ReleaseError as error:
+        raise BadInput(f"{manifest}: {error}")
+    for entry in entries:
+        if entry.model_name == model_name and entry.stable is not None:
+            return entry.stable, f"{release.STABLE} in {manifest}"
     versions = versions_on_disk(model_dir)
     if not versions:
         raise BadInput(f"no production model: no version under {model_dir}")
     return versions[-1], f"highest version under {model_dir}"
-
-
-def _linked(store, artifact_id: int, event_type: int) -> List[Any]:
-    """Executions linked to an artifact by events of one type."""
-    events = [e for e in store.get_events_by_artifact_ids([artifact_id]) if e.type == event_type]
-    return store.get_executions_by_id(sorted({e.execution_id for e in events})) if events else []
-
-
-def _input_of(store, execution_id: int, key: str) -> Optional[Any]:
-    from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
-
-    ids = [e.artifact_id for e in store.get_events_by_execution_ids([execution_id])
-           if e.type == mlmd_pb2.Event.INPUT and e.path.steps and e.path.steps[0].key == key]
-    return store.get_artifacts_by_id(ids)[-1] if ids else None
 
 
 @dataclasses.dataclass
@@ -398,40 +376,20 @@ class TrainingData:
 
 
 def training_data(store, version: int) -> TrainingData:
-    """The Model pushed as `version`, its training spans and the Trainer's input examples."""
-    import tensorflow as tf
-    from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+    """The Model pushed as `version`, its training spans and the Trainer's input examples
+    (the ML Metadata walk `ctpipe lineage` makes: pipeline/lineage.py ModelIndex)."""
+    from ctpipe.pipeline.lineage import ModelIndex, lineage_file
 
-    from ctpipe.components.layout import LINEAGE_FILE
-
-    try:
-        pushes = store.get_artifacts_by_type("PushedModel")
-    except Exception:  # noqa: BLE001 - no push recorded yet
-        pushes = []
-    pushes = [p for p in pushes if p.custom_properties["pushed"].int_value == 1
-              and p.custom_properties["pushed_version"].string_value == str(version)]
-    model = None
-    for pushed in sorted(pushes, key=lambda p: p.id, reverse=True):
-        for pusher in _linked(store, pushed.id, mlmd_pb2.Event.OUTPUT):
-            model = _input_of(store, pusher.id, "model")
-            if model is not None:
-                break
-        if model is not None:
-            break
+    index = ModelIndex(store)
+    model = index.model_of_version.get(version)
     if model is None:
         raise BadInput(f"ML Metadata has no push of version {version} (not pushed by this "
                        "pipeline home?)")
-    lineage_path = os.path.join(model.uri, LINEAGE_FILE)
-    spans: List[int] = []
-    if tf.io.gfile.exists(lineage_path):
-        with tf.io.gfile.GFile(lineage_path) as handle:
-            spans = list(json.load(handle).get("training_spans", []))
-    examples_uri = None
-    for trainer in _linked(store, model.id, mlmd_pb2.Event.OUTPUT):
-        examples = _input_of(store, trainer.id, "examples")
-        if examples is not None:
-            examples_uri = examples.uri
-    return TrainingData(model_uri=model.uri, spans=spans, examples_uri=examples_uri)
+    trainer = index.producer_of(model.id)
+    examples = index.input_of(trainer, "examples") if trainer else None
+    return TrainingData(model_uri=model.uri,
+                        spans=list(lineage_file(model.uri).get("training_spans", [])),
+                        examples_uri=examples.uri if examples is not None else None)
 
 
 def _readable(path: str) -> bool:
