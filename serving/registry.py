@@ -165,10 +165,12 @@ class ModelRegistry:
 
     def _settle(self, model: ManagedModel) -> None:
         """Load what is wanted, move labels to what loaded, then unload what nobody needs."""
-        self._sync(model)
+        directories = version_dirs(model.spec.base_path)  # one listing per poll
+        wanted = set(model.spec.wanted_versions(sorted(directories)))
+        self._sync(model, directories, wanted)
         for change in model.update_labels():
             self._on_event(change)
-        self._unload_unwanted(model)
+        self._unload_unwanted(model, wanted)
 
     def _read_config_file(self) -> None:
         """Apply the config file when its text changed; a missing or broken file changes
@@ -209,9 +211,7 @@ class ModelRegistry:
                 else:
                     self._models[spec.name] = ManagedModel(spec)
 
-    def _sync(self, model: ManagedModel) -> None:
-        directories = version_dirs(model.spec.base_path)
-        wanted = set(model.spec.wanted_versions(sorted(directories)))
+    def _sync(self, model: ManagedModel, directories: Dict[int, str], wanted: set) -> None:
         now = time.monotonic()
         for version in sorted(wanted):
             current = model.get(version)
@@ -220,8 +220,7 @@ class ModelRegistry:
             if current is None or unloaded or retry:
                 self._load(model, version, directories[version], current if retry else None)
 
-    def _unload_unwanted(self, model: ManagedModel) -> None:
-        wanted = set(model.spec.wanted_versions(sorted(version_dirs(model.spec.base_path))))
+    def _unload_unwanted(self, model: ManagedModel, wanted: set) -> None:
         if not set(model.available()) & wanted:
             return  # keep what serves until a wanted version is AVAILABLE
         pinned = model.pinned_versions()  # a label's old version until its new one loads
