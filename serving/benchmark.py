@@ -330,6 +330,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--rest-format", choices=("row", "columnar"), default="row")
     parser.add_argument("--clients", action="store_true",
                         help="grpc/rest through ctpipe's GrpcClient/RestClient")
+    parser.add_argument("--enable-batching", "--enable_batching", action="store_true",
+                        help="the started server batches (TF Serving's --enable_batching)")
+    parser.add_argument("--batching-parameters-file", "--batching_parameters_file",
+                        help="BatchingParameters text proto for --enable-batching")
     parser.add_argument("--json-out", help="also write the cells and ratios as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -345,9 +349,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not (args.grpc and args.rest):
         from ctpipe.serving.model_config import single_model
         from ctpipe.serving.server import start_server
+        batching = None
+        if args.enable_batching:
+            from ctpipe.serving.batching import read_batching_parameters
+            batching = read_batching_parameters(args.batching_parameters_file)
         server = start_server(single_model(args.model_name,
                                            os.path.abspath(args.model_base_path)),
-                              grpc_port=0, rest_port=0)
+                              grpc_port=0, rest_port=0, batching=batching)
         if not _wait_available(server, args.model_name):
             server.stop()
             sys.exit("the server did not make a version AVAILABLE within 120 s")

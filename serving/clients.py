@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ctpipe.pipeline.errors import grpc_code
+from ctpipe.serving.errors import grpc_code
 
 Classification = List[List[Tuple[str, float]]]
 

@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ctpipe.pipeline.errors import ServingError
+from ctpipe.components.serving_metric_names import LABEL_VERSION
+from ctpipe.serving.errors import ServingError
 from ctpipe.serving.metrics import Metrics
 from ctpipe.serving.registry import ModelRegistry
 from ctpipe.serving.servables import Servable
@@ -98,24 +99,44 @@ class ServingCore:
         self.metrics = metrics or Metrics()
         self.shadow = shadow
         self.request_log = None  # serving/request_log.py RequestLogger, set by start_server
+        self.control_key: Optional[str] = None  # --control-key: a header or an input feature
+
+    def unit_of(self, headers: Any = None, inputs: Optional[Dict[str, Any]] = None
+                ) -> Optional[str]:
+        """The request's unit key for control routing: the --control-key header (gRPC
+        metadata or HTTP header, case-insensitive), else the first value of the input feature
+        of that name; None without one (such a request never goes to control)."""
+        key = self.control_key
+        if not key:
+            return None
+        for name, value in (headers or ()):
+            if name.lower() == key.lower():
+                return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+        if inputs and key in inputs:
+            first = np.asarray(inputs[key]).reshape(-1)[:1]
+            if first.size:
+                value = first[0]
+                return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        return None
         self.metrics.add_gauges(self._label_gauges)
 
     def _label_gauges(self) -> List[str]:
-        lines = ["# TYPE ctpipe_serving_label_version gauge"]
+        lines = [f"# TYPE {LABEL_VERSION} gauge"]
         for name in self.registry.model_names():
             for label, version in sorted(self.registry.labels(name).items()):
-                lines.append(f'ctpipe_serving_label_version{{model_name="{name}",'
+                lines.append(f'{LABEL_VERSION}{{model_name="{name}",'
                              f'version_label="{label}"}} {version}')
         return lines
 
     def run(self, api: str, entrypoint: str, model: str, version: Optional[int],
-            label: Optional[str], work: Callable[[Servable], Any]) -> Tuple[Servable, Any]:
+            label: Optional[str], work: Callable[[Servable], Any],
+            unit: Optional[str] = None) -> Tuple[Servable, Any]:
         """Resolve the servable once and do all the request's work on that one object, so a
         version swap between two lookups cannot fail the request; time it for the metrics."""
         started = time.perf_counter()
         servable, status, routed = None, "OK", label or ""
         try:
-            servable, routed = self.registry.route(model, version, label)
+            servable, routed = self.registry.route(model, version, label, unit)
             answer = work(servable)
             if self.shadow is not None and routed == "stable" and not label:
                 canary = self._canary(model, servable)
@@ -152,23 +173,26 @@ class ServingCore:
             self.metrics.observe(model, "", api, entrypoint, error.code, seconds)
 
     def predict(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
-                signature: str, inputs: Dict[str, Any], output_filter: Sequence[str] = ()):
+                signature: str, inputs: Dict[str, Any], output_filter: Sequence[str] = (),
+                unit: Optional[str] = None):
         servable, outputs = self.run("predict", entrypoint, model, version, label,
-                                     lambda s: s.predict(signature, inputs, output_filter))
+                                     lambda s: s.predict(signature, inputs, output_filter),
+                                     unit)
         self.log_request("predict", servable, signature, inputs, outputs)
         return servable, outputs
 
     def classify(self, entrypoint: str, model: str, version: Optional[int],
-                 label: Optional[str], signature: str, examples: List[bytes]):
+                 label: Optional[str], signature: str, examples: List[bytes],
+                 unit: Optional[str] = None):
         servable, results = self.run("classify", entrypoint, model, version, label,
-                                     lambda s: s.classify(signature, examples))
+                                     lambda s: s.classify(signature, examples), unit)
         self.log_request("classify", servable, signature, examples, results)
         return servable, results
 
     def regress(self, entrypoint: str, model: str, version: Optional[int], label: Optional[str],
-                signature: str, examples: List[bytes]):
+                signature: str, examples: List[bytes], unit: Optional[str] = None):
         servable, values = self.run("regress", entrypoint, model, version, label,
-                                    lambda s: s.regress(signature, examples))
+                                    lambda s: s.regress(signature, examples), unit)
         self.log_request("regress", servable, signature, examples, values)
         return servable, values
 

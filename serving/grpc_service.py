@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from concurrent import futures
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -32,11 +32,12 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from ctpipe.pipeline.errors import GRPC_CODE_NUMBER, ServingError
+from ctpipe.components.signatures import CLASSIFY_METHOD, DEFAULT_SIGNATURE
 from ctpipe.serving.core import ServingCore
+from ctpipe.serving.errors import GRPC_CODE_NUMBER, ServingConfigError, ServingError
 from ctpipe.serving.model_config import from_proto
 from ctpipe.serving.registry import STATE_NAMES
-from ctpipe.serving.servables import CLASSIFY_METHOD, DEFAULT_SIGNATURE, examples_from_input
+from ctpipe.serving.servables import examples_from_input
 
 ENTRYPOINT = "GRPC"
 DEFAULT_GRPC_WORKERS = 8
@@ -206,9 +207,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             inputs = {k: to_ndarray(v) for k, v in request.inputs.items()}
         except (TypeError, ValueError) as error:
             raise ServingError("INVALID_ARGUMENT", f"malformed input tensor: {error}")
+        unit = self.core.unit_of(context.invocation_metadata(), inputs) \
+            if self.core.control_key and not label and version is None else None
         servable, outputs = self.core.predict(
             ENTRYPOINT, name, version, label, request.model_spec.signature_name, inputs,
-            list(request.output_filter))
+            list(request.output_filter), unit=unit)
         response = predict_pb2.PredictResponse()
         fill_model_spec(response.model_spec, servable.name, servable.version,
                         request.model_spec.signature_name)
@@ -336,28 +339,71 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
+def _bind(server: grpc.Server, address: str) -> int:
+    """add_insecure_port, failing as OSError (grpc answers 0 or raises RuntimeError)."""
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise OSError(f"cannot bind gRPC to {address}: {error}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return bound
+
+
+ChannelArguments = Sequence[Tuple[str, Union[int, str]]]
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
+
+
+def parse_grpc_channel_arguments(text: str) -> List[Tuple[str, Union[int, str]]]:
+    """TF Serving's --grpc_channel_arguments ("grpc.max_connection_age_ms=2000,grpc.lb_policy_
+    name=grpclb"), read as model_servers/server.cc parseGrpcChannelArgs and BuildAndStart read
+    it: entries split on ",", each on "="; a value that is an int32 (safe_strto32) is passed
+    as an int, any other as a string. gRPC ignores the keys it does not know. TF Serving
+    indexes past the end of an entry without "="; here it is a ServingConfigError."""
+    arguments: List[Tuple[str, Union[int, str]]] = []
+    for entry in text.split(",") if text else []:
+        parts = entry.split("=")
+        if len(parts) < 2 or not parts[0]:
+            raise ServingConfigError(f"--grpc_channel_arguments: {entry!r} is not key=value")
+        key, value = parts[0], parts[1]
+        try:
+            number = int(value.strip())
+        except ValueError:
+            arguments.append((key, value))
+            continue
+        arguments.append((key, number) if INT32_MIN <= number <= INT32_MAX else (key, value))
+    return arguments
+
+
 def start_grpc(core: ServingCore, host: str, port: int, max_message_bytes: int,
-               workers: int = DEFAULT_GRPC_WORKERS, max_concurrent_rpcs: Optional[int] = None
+               workers: int = DEFAULT_GRPC_WORKERS, max_concurrent_rpcs: Optional[int] = None,
+               socket_path: Optional[str] = None, channel_arguments: ChannelArguments = ()
                ) -> Tuple[grpc.Server, int]:
     """`workers` handler threads; `max_concurrent_rpcs` RPCs at most in the server at once,
     running or waiting for a thread (default DEFAULT_RPCS_PER_WORKER x workers); one more is
-    answered RESOURCE_EXHAUSTED at once instead of queueing without bound."""
+    answered RESOURCE_EXHAUSTED at once instead of queueing without bound.
+
+    `socket_path`: also listen on this Unix socket (TF Serving's --grpc_socket_path, which
+    server.cc adds as the listening port "unix:<path>"; clients dial "unix:<path>").
+    `channel_arguments`: gRPC server options, e.g. from parse_grpc_channel_arguments; one
+    that names a key we set (the message size limits) replaces ours."""
     if workers < 1:
         raise ValueError(f"gRPC workers must be at least 1, got {workers}")
     limit = max_concurrent_rpcs if max_concurrent_rpcs is not None \
         else DEFAULT_RPCS_PER_WORKER * workers
     if limit < 1:
         raise ValueError(f"max_concurrent_rpcs must be at least 1, got {limit}")
+    options = dict([("grpc.max_receive_message_length", max_message_bytes),
+                    ("grpc.max_send_message_length", max_message_bytes)])
+    options.update(channel_arguments)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes)],
-        maximum_concurrent_rpcs=limit)
+        options=list(options.items()), maximum_concurrent_rpcs=limit)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    bound = _bind(server, f"{host}:{port}")
+    if socket_path:
+        _bind(server, f"unix:{socket_path}")
     server.start()
     return server, bound

@@ -1,17 +1,120 @@
 """TF Serving's REST JSON rules: row ("instances") and columnar ("inputs") requests, {"b64": ...}
-for binary strings, JSON tf.Examples for classify/regress, and the matching response shapes."""
+for binary strings, JSON tf.Examples for classify/regress, and the matching response shapes.
+Errors in TF Serving's words (util/json_tensor.cc), rapidjson's parse errors included."""
 from __future__ import annotations
 
 import base64
+import json
 import operator
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from ctpipe.pipeline.errors import ServingError
+from ctpipe.serving.errors import ServingError
 
 # Types json.loads gives for JSON scalars: a list made only of these needs no walk.
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+# rapidjson's GetParseError_En texts for what Python's json module reports (same positions).
+_PARSE_ERRORS = (
+    ("Expecting value", "Invalid value."),
+    ("Extra data", "The document root must not be followed by other values."),
+    ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+    ("Invalid \\uXXXX escape", "Incorrect hex digit after \\u escape in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+)
+
+
+def _compact(value: Any) -> str:
+    """A JSON value as rapidjson's Writer prints it (JsonValueToString): no spaces."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=True)
+
+
+def _open_container(text: str, end: int) -> str:
+    """The innermost '{' or '[' open at `end` (outside strings), "" at the top level."""
+    stack, in_string, escaped = [], False, False
+    for char in text[:end]:
+        if in_string:
+            escaped = not escaped and char == "\\"
+            in_string = escaped or char != '"'
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append(char)
+        elif char in "}]" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def parse_request(raw: bytes) -> Dict[str, Any]:
+    """A request body as TF Serving parses it (json_tensor.cc ParseJson): its errors are
+    "JSON Parse error: <rapidjson's text> at offset: N", and the document must be an object."""
+    if not raw:
+        raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ServingError("INVALID_ARGUMENT", "JSON Parse error: Invalid encoding in string. "
+                           f"at offset: {error.start}")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as error:
+        if not text.strip():
+            reason = "The document is empty."
+        elif error.msg == "Expecting ',' delimiter":
+            reason = "Missing a comma or '}' after an object member." \
+                if _open_container(text, error.pos) == "{" else \
+                "Missing a comma or ']' after an array element."
+        else:
+            reason = next((theirs for ours, theirs in _PARSE_ERRORS
+                           if error.msg.startswith(ours)), error.msg)
+        raise ServingError("INVALID_ARGUMENT",
+                           f"JSON Parse error: {reason} at offset: {error.pos}")
+    if not isinstance(body, dict):
+        raise ServingError("INVALID_ARGUMENT", f"JSON Value: {_compact(body)} Is not object")
+    return body
+
+
+def signature_name(body: Dict[str, Any]) -> str:
+    """The request's "signature_name" ("" when absent), TF Serving's FillSignature."""
+    signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise ServingError("INVALID_ARGUMENT",
+                           f"JSON Value: {_compact(body)} not formatted correctly. "
+                           "'signature_name' key must be a string value.")
+    return signature
+
+
+def _first_text(value: Any) -> Any:
+    """The first str in a (nested) JSON list, else None; flat lists are scanned at C speed."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        return None
+    if str not in set(map(type, value)):
+        if list not in set(map(type, value)):
+            return None
+        return next((t for t in map(_first_text, value) if t is not None), None)
+    return next(v for v in value if isinstance(v, str))
+
+
+def check_numbers(inputs: Dict[str, Any], signature_inputs) -> None:
+    """Text where the signature wants a number: TF Serving's json_tensor.cc TypeError, naming
+    the first such value ('JSON Value: "x" Type: String is not of expected type: float')."""
+    from tensorflow.core.framework import types_pb2
+
+    for alias, value in inputs.items():
+        info = signature_inputs.get(alias)
+        if info is None or info.dtype in (types_pb2.DT_STRING, types_pb2.DT_INVALID):
+            continue
+        text = _first_text(value)
+        if text is not None:
+            dtype = types_pb2.DataType.Name(info.dtype)[len("DT_"):].lower()
+            raise ServingError("INVALID_ARGUMENT", f"JSON Value: {_compact(text)} Type: String "
+                               f"is not of expected type: {dtype}")
 
 
 def _decode_b64(value: Any) -> Any:

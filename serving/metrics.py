@@ -1,6 +1,6 @@
 """Request counts and latency histograms per model, version, label and API, plus shadow-scoring
 and request-log figures, in Prometheus text format (served at /monitoring/prometheus/metrics,
-the path TF Serving uses).
+the path TF Serving uses). The names: components/serving_metric_names.py.
 
 TF Serving has no per-version metrics (serving#1970); here every request is counted under the
 version that answered it and the label it reached it by (`stable`, `canary`, or "" when the
@@ -14,12 +14,16 @@ import threading
 from collections import defaultdict
 from typing import Callable, Dict, List, Tuple
 
+from ctpipe.components.serving_metric_names import (
+    REQUEST_COUNT,
+    REQUEST_LATENCY,
+    SHADOW_LATENCY,
+    SHADOW_PREFIX,
+)
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 Labels = Tuple[Tuple[str, str], ...]
 
-REQUEST_COUNT = ":tensorflow:serving:request_count"
-REQUEST_LATENCY = ":tensorflow:serving:request_latency"
-SHADOW_PREFIX = "ctpipe_shadow"
 
 
 class _Histograms:
@@ -95,7 +99,7 @@ class Metrics:
                 lines.append(f"# TYPE {SHADOW_PREFIX}_{kind} counter")
                 lines.extend(kind_lines)
             if self._shadow_latency.buckets:
-                self._shadow_latency.render(f"{SHADOW_PREFIX}_latency_seconds", lines)
+                self._shadow_latency.render(SHADOW_LATENCY, lines)
         for render in self._gauges:
             lines.extend(render())
         return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from ctpipe.pipeline.errors import ServingError
+from ctpipe.serving.errors import ServingError
 
 
 @dataclasses.dataclass
@@ -33,7 +33,9 @@ def parse_models(text: str) -> List[ModelSpecConfig]:
     try:
         config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     except text_format.ParseError as error:
-        raise ServingError("INVALID_ARGUMENT", f"model config is not a ModelServerConfig: {error}")
+        # TF Serving's words (protobuf's text parser, which ParseProtoTextFile uses)
+        raise ServingError("INVALID_ARGUMENT", "Error parsing text-format "
+                           f"tensorflow.serving.ModelServerConfig: {error}")
     return from_proto(config)
 
 

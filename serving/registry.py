@@ -26,11 +26,23 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from ctpipe.components.layout import version_dirs
-from ctpipe.pipeline.errors import ServingError
+from ctpipe.serving.errors import ServingError
 from ctpipe.serving.model_config import ModelSpecConfig, parse_models
 from ctpipe.serving.servables import Servable
 
-STABLE, CANARY = "stable", "canary"
+STABLE, CANARY, CONTROL = "stable", "canary", "control"
+
+
+def in_control(unit: str, percent: float) -> bool:
+    """Whether unit key `unit` belongs to the control arm at `percent` %: sha256 of the key
+    (never Python's salted hash), so the same unit gets the same arm in every process and
+    after every restart, and raising the percent only moves units into control."""
+    import hashlib
+
+    if percent <= 0:
+        return False
+    digest = hashlib.sha256(b"ctpipe-control\0" + unit.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 * 100.0 < percent
 
 # tensorflow.serving.ModelVersionStatus.State values
 START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
@@ -123,7 +135,12 @@ class ManagedModel:
 class ModelRegistry:
     def __init__(self, models: List[ModelSpecConfig], poll_seconds: float = 1.0,
                  on_event: Optional[Callable[[str], None]] = None,
-                 config_file: Optional[str] = None, canary_percent: float = 0.0):
+                 config_file: Optional[str] = None, canary_percent: float = 0.0,
+                 method_name_check: bool = False, batching=None,
+                 control_percent: float = 0.0):
+        """`method_name_check`: TF Serving's --enable_signature_method_name_check (default
+        off), for every version this registry loads (serving/servables.py). `batching`:
+        serving/batching.py BatchingOptions (--enable_batching) for every version, or None."""
         self._lock = threading.RLock()
         self._models: Dict[str, ManagedModel] = {m.name: ManagedModel(m) for m in models}
         self._poll_seconds = poll_seconds
@@ -135,6 +152,11 @@ class ModelRegistry:
         if not 0.0 <= canary_percent <= 100.0:
             raise ValueError(f"canary percent must be within [0, 100], got {canary_percent}")
         self.canary_percent = canary_percent
+        if not 0.0 <= control_percent <= 100.0:
+            raise ValueError(f"control percent must be within [0, 100], got {control_percent}")
+        self.control_percent = control_percent
+        self.method_name_check = method_name_check
+        self.batching = batching
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "ModelRegistry":
@@ -239,7 +261,9 @@ class ModelRegistry:
         path = f"{model.spec.base_path.rstrip('/')}/{directory}"
         started = time.monotonic()
         try:
-            servable = Servable(model.spec.name, version, path)
+            servable = Servable(model.spec.name, version, path,
+                                method_name_check=self.method_name_check,
+                                batching=self.batching)
             replayed = servable.warm_up()
         except Exception as error:  # noqa: BLE001 - a broken version must not stop serving
             status.failures += 1
@@ -282,9 +306,12 @@ class ModelRegistry:
         return self.route(name, version, label)[0]
 
     def route(self, name: str, version: Optional[int] = None,
-              label: Optional[str] = None) -> "tuple[Servable, str]":
-        """(servable, the label it was reached by: the request's, or stable/canary for an
-        unlabelled request to a model with labels, else "")."""
+              label: Optional[str] = None, unit: Optional[str] = None
+              ) -> "tuple[Servable, str]":
+        """(servable, the label it was reached by: the request's, or stable/canary/control for
+        an unlabelled request to a model with labels, else ""). `unit`: the request's unit key
+        (--control-key); a unit in_control() goes to `control` when the model has one, the same
+        arm every time. A request without a unit key never goes to control."""
         model = self._model(name)
         available = model.available()
         labels = model.labels()
@@ -296,7 +323,10 @@ class ModelRegistry:
             version = labels[label]
         elif version is None and STABLE in labels:
             routed = STABLE
-            if CANARY in labels and model.route_to_canary(self.canary_percent):
+            if CONTROL in labels and unit is not None and \
+                    in_control(unit, self.control_percent):
+                routed = CONTROL
+            elif CANARY in labels and model.route_to_canary(self.canary_percent):
                 routed = CANARY
             version = labels[routed]
         if version is not None:

@@ -1,7 +1,7 @@
 """Request logging: a sample of served requests, with their responses, as TF Serving
 PredictionLog TFRecords - the format of TF Serving's own request logger and of its warmup files
 (assets.extra/tf_serving_warmup_requests), so a log file can be replayed as warmup, read by
-`ctpipe skew` (pipeline/skew.py) or by any TF Serving tool.
+`ctpipe skew` (pipeline/observe/skew.py) or by any TF Serving tool.
 
 Usage (the server calls it; `--request-log-dir D [--request-log-sample R]`):
 
@@ -16,7 +16,8 @@ regress_log / multi_inference_log {request, response}, with log_metadata {model_
 servable that answered: name, version, signature), sampling_config {sampling_rate},
 saved_model_tags ["serve"], timestamp_secs}.
 
-Files (one writer per directory: give each server process its own directory):
+Files (one writer per directory: give each server process its own directory; the names and the
+reader are the contract in components/request_log_format.py, shared with `ctpipe skew`):
   .requests-<unix ms>-<seq>.tfrecord.tmp   the file being written: hidden and suffixed, so no
                                            reader (nor TF Serving, nor a glob of *.tfrecord)
                                            ever sees a partial record;
@@ -57,15 +58,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ctpipe.pipeline.errors import ConfigError
-from ctpipe.pipeline.skew import LOG_PREFIX, LOG_SUFFIX, complete_log_files, read_logs
+from ctpipe.components.request_log_format import (
+    complete_log_files,
+    complete_name,
+    is_partial,
+    partial_name,
+    read_logs,
+)
+from ctpipe.serving.errors import ServingConfigError
 
 __all__ = ["RequestLogger", "add_flags", "from_args", "predict_protos", "classify_protos",
            "regress_protos", "read_logs", "complete_log_files"]
 
 MIB = 1024 * 1024
-TMP_PREFIX = "."
-TMP_SUFFIX = ".tmp"
 # A TFRecord frames each record with a length (8 bytes) and two CRCs (4 + 4 bytes).
 RECORD_OVERHEAD = 16
 LOG_KINDS = ("predict_log", "classify_log", "regress_log", "multi_inference_log")
@@ -81,16 +86,18 @@ class _Flush:
 
 def _exact_rate(sample_rate: Any) -> fractions.Fraction:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
-        raise ConfigError(f"request log sample rate must be a number in [0, 1], "
-                          f"got {sample_rate!r}")
+        raise ServingConfigError(f"request log sample rate must be a number in [0, 1], "
+                                 f"got {sample_rate!r}")
     if math.isnan(sample_rate) or not 0.0 <= sample_rate <= 1.0:
-        raise ConfigError(f"request log sample rate must be within [0, 1], got {sample_rate}")
+        raise ServingConfigError(
+            f"request log sample rate must be within [0, 1], got {sample_rate}")
     return fractions.Fraction(sample_rate).limit_denominator(1_000_000)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"request log {name} must be an integer >= {minimum}, got {value!r}")
+        raise ServingConfigError(
+            f"request log {name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -110,12 +117,13 @@ class RequestLogger:
         self.max_files = _positive_int("max_files", max_files)
         queue_size = _positive_int("queue_size", queue_size)
         if not max_file_seconds > 0:
-            raise ConfigError(f"request log max_file_seconds must be > 0, got {max_file_seconds}")
+            raise ServingConfigError(
+                f"request log max_file_seconds must be > 0, got {max_file_seconds}")
         self.max_file_seconds = float(max_file_seconds)
         try:
             tf.io.gfile.makedirs(directory)
         except (tf.errors.OpError, OSError) as error:
-            raise ConfigError(f"cannot create request log directory {directory}: {error}")
+            raise ServingConfigError(f"cannot create request log directory {directory}: {error}")
         self._tf = tf
         # Sampling: credit in units of 1/denominator; starts one step short of a full unit so
         # the first request is logged.
@@ -302,10 +310,10 @@ class RequestLogger:
             self._counts["bytes"] += size
 
     def _open_file(self) -> None:
-        name = f"{LOG_PREFIX}{int(time.time() * 1000):013d}-{self._seq:06d}{LOG_SUFFIX}"
+        name = complete_name(int(time.time() * 1000), self._seq)
         self._seq += 1
         self._final_path = os.path.join(self.directory, name)
-        self._tmp_path = os.path.join(self.directory, TMP_PREFIX + name + TMP_SUFFIX)
+        self._tmp_path = os.path.join(self.directory, partial_name(name))
         self._writer = self._tf.io.TFRecordWriter(self._tmp_path)
         self._file_bytes = 0
         self._file_records = 0
@@ -357,7 +365,7 @@ class RequestLogger:
         files are left-overs of a process that died mid-file (one writer per directory)."""
         gfile = self._tf.io.gfile
         for name in gfile.listdir(self.directory):
-            if name.startswith(TMP_PREFIX + LOG_PREFIX) and name.endswith(TMP_SUFFIX):
+            if is_partial(name):
                 try:
                     gfile.remove(os.path.join(self.directory, name))
                 except Exception:  # noqa: BLE001
@@ -453,13 +461,13 @@ def add_flags(parser) -> None:
 
 def from_args(args) -> Optional[RequestLogger]:
     """The logger the flags of add_flags ask for, or None without --request-log-dir.
-    Raises ConfigError (exit 2) for a bad rate, size or count."""
+    Raises ServingConfigError (exit 2) for a bad rate, size or count."""
     directory = getattr(args, "request_log_dir", None)
     if not directory:
         return None
     megabytes = args.request_log_max_file_mb
     if not megabytes > 0:
-        raise ConfigError(f"--request-log-max-file-mb must be > 0, got {megabytes}")
+        raise ServingConfigError(f"--request-log-max-file-mb must be > 0, got {megabytes}")
     return RequestLogger(directory, sample_rate=args.request_log_sample,
                          max_file_bytes=max(int(megabytes * MIB), RECORD_OVERHEAD + 1),
                          max_files=args.request_log_max_files)

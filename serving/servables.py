@@ -1,30 +1,45 @@
 """One loaded model version and TF Serving's APIs on it (predict, classify, regress,
 multi-inference), and its warmup before it serves.
 
-Why our own: there is no TF Serving binary here. This module loads any SavedModel with TensorFlow
-and runs its signatures with TF Serving's rules: which signature a request names (default
-`serving_default`), the method a Classify/Regress signature must declare, the input aliases, and
-the same error codes (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND) - so clients written for TF
-Serving see the same behaviour here.
+Why our own: there is no TF Serving binary here. This module loads any SavedModel (TF1-style
+graphs and TF2 object graphs) with TensorFlow and runs its signatures with TF Serving 2.16.1's
+rules: which signature a request names (default `serving_default`), the inputs and outputs a
+Classify/Regress signature must have, the input aliases, and the same error codes and texts
+(INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND) - so clients written for TF Serving see the
+same behaviour here.
+
+Method names: as in TF Serving, a signature's `method_name` is checked only with
+`method_name_check` (TF Serving's --enable_signature_method_name_check, default false). Off, a
+TF2 SavedModel - whose every signature says tensorflow/serving/predict - answers Classify and
+Regress wherever the signature's inputs and outputs fit (servables/tensorflow/classifier.cc
+PreProcessClassification, regressor.cc PreProcessRegression; TF Serving commit b724ceda, issue
+tensorflow/serving#1657).
 """
 from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from ctpipe.pipeline.errors import ServingError
-
-DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-INIT_OP_SIGNATURE = "__saved_model_init_op"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000
+from ctpipe.components.signatures import (
+    CLASSIFY_INPUTS,
+    CLASSIFY_METHOD,
+    CLASSIFY_OUTPUT_CLASSES,
+    CLASSIFY_OUTPUT_SCORES,
+    DEFAULT_SIGNATURE,
+    INIT_OP_SIGNATURE,
+    MAX_WARMUP_RECORDS,
+    PREDICT_METHOD,
+    REGRESS_INPUTS,
+    REGRESS_METHOD,
+    REGRESS_OUTPUTS,
+    WARMUP_FILE,
+)
+from ctpipe.serving.errors import ServingError
 
 
 def read_signature_defs(export_dir: str, with_init_op: bool = False
@@ -157,11 +172,37 @@ class _Inputs:
         self.outputs = list(signature_def.outputs)
 
 
-class Servable:
-    """A loaded SavedModel version. TF functions may be called concurrently, so no lock."""
+def _debug_string(message) -> str:
+    """A proto as C++ DebugString() prints it (text format), as TF Serving's errors quote it."""
+    return str(message)
 
-    def __init__(self, name: str, version: int, path: str):
+
+def _shape_string(tensor: tf.Tensor) -> str:
+    """TensorShape::DebugString: "[2,1]"."""
+    return "[" + ",".join(str(d) for d in tensor.shape.as_list()) + "]"
+
+
+def _dtype_name(tensor: tf.Tensor) -> str:
+    """DataType_Name: "DT_FLOAT"."""
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(tensor.dtype.as_datatype_enum)
+
+
+class Servable:
+    """A loaded SavedModel version. TF functions may be called concurrently, so no lock.
+
+    `method_name_check`: TF Serving's --enable_signature_method_name_check (default off).
+    `batching`: serving/batching.py BatchingOptions (TF Serving's --enable_batching); Predict
+    then goes through one Batcher per signature of this version. None: no batching."""
+
+    def __init__(self, name: str, version: int, path: str, method_name_check: bool = False,
+                 batching=None):
         self.name, self.version, self.path = name, version, path
+        self.method_name_check = method_name_check
+        self.batching = batching
+        self._batchers: Dict[str, object] = {}
+        self._batchers_lock = threading.Lock()
         self.signature_defs = read_signature_defs(path)
         self.metadata_signature_defs = read_signature_defs(path, with_init_op=True)
         # how warm_up() warmed each signature: "record", "synthetic" or "skipped: <why>"
@@ -184,6 +225,13 @@ class Servable:
                 output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
         signature_def, _ = self.signature(signature_name)
         key = signature_name or DEFAULT_SIGNATURE
+        if self.method_name_check and signature_def.method_name not in (
+                PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+            # predict_util.cc VerifySignature: INTERNAL, only with the check on
+            raise ServingError("INTERNAL",
+                               "Expected prediction signature method_name to be one of "
+                               f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. "
+                               f"Was: {signature_def.method_name}")
         spec = self._inputs[key]
         if inputs.keys() != spec.aliases:
             unknown = sorted(set(inputs) - spec.aliases)
@@ -203,9 +251,27 @@ class Servable:
                                    f"output tensor alias not found in signature: {alias}")
         tensors = {alias: self._to_tensor(alias, value, spec.dtypes[alias])
                    for alias, value in inputs.items()}
-        outputs = self._call(self._calls[key], tensors)
         wanted = list(output_filter) or spec.outputs
+        if self.batching is not None:
+            outputs = self.batcher(key).submit(tensors)
+            return {alias: outputs[alias] for alias in wanted}
+        outputs = self._call(self._calls[key], tensors)
         return {alias: outputs[alias].numpy() for alias in wanted}
+
+    def batcher(self, key: str):
+        """The Batcher of signature `key` (made on first use)."""
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            from ctpipe.serving.batching import Batcher
+
+            with self._batchers_lock:
+                batcher = self._batchers.get(key)
+                if batcher is None:
+                    call = self._calls[key]
+                    batcher = Batcher(lambda tensors: self._call(call, tensors), self.batching,
+                                      f"{self.name}-{self.version}-{key}")
+                    self._batchers[key] = batcher
+        return batcher
 
     @staticmethod
     def _to_tensor(alias: str, value, dtype_enum) -> tf.Tensor:
@@ -236,70 +302,139 @@ class Servable:
             raise ServingError("INVALID_ARGUMENT", str(error).splitlines()[0])
 
     # -- classify / regress / multi-inference on serialized tf.Examples ----------------------
-    def _method_signature(self, signature_name: str, method: str, kind: str):
-        """TF Serving's checks on a Classify/Regress signature (classifier.cc, regressor.cc):
-        it exists (INVALID_ARGUMENT here, unlike Predict's FAILED_PRECONDITION), it declares
-        the method, and it takes one input tensor."""
+    # TF Serving 2.16.1, servables/tensorflow/classifier.cc and regressor.cc: the signature
+    # must exist, then PreProcessClassification / PreProcessRegression check its method name
+    # (only with the check on) and its inputs and outputs; an empty Input fails after them
+    # (util.cc InputToSerializedExampleTensor); after the run PostProcess*Result checks the
+    # output tensors. The texts are TF Serving's.
+    def _find(self, signature_name: str, not_found: str):
         key = signature_name or DEFAULT_SIGNATURE
         if key not in self.signature_defs or key not in self._functions:
-            raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {key}")
-        signature_def = self.signature_defs[key]
-        if signature_def.method_name != method:
+            raise ServingError("INVALID_ARGUMENT", f"{not_found}{key}")
+        return key, self.signature_defs[key]
+
+    def _check_method(self, signature_def, method: str, kind: str) -> None:
+        if self.method_name_check and signature_def.method_name != method:
             raise ServingError("INVALID_ARGUMENT",
                                f"Expected {kind} signature method_name to be {method}. "
                                f"Was: {signature_def.method_name}")
-        if len(signature_def.inputs) != 1:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"Expected one input Tensor in the {kind} signature.")
-        return signature_def
 
-    def _run_on_examples(self, signature_name: str, signature_def, examples: tf.Tensor):
-        alias = next(iter(signature_def.inputs))
-        return self._call(self._calls[signature_name or DEFAULT_SIGNATURE], {alias: examples})
+    def _classification_signature(self, signature_def) -> None:
+        """classifier.cc PreProcessClassification."""
+        self._check_method(signature_def, CLASSIFY_METHOD, "classification")
+        if len(signature_def.inputs) != 1:
+            raise ServingError("INVALID_ARGUMENT", "Expected one input Tensor.")
+        if len(signature_def.outputs) not in (1, 2):
+            raise ServingError("INVALID_ARGUMENT", "Expected one or two output Tensors, found "
+                               f"{len(signature_def.outputs)}")
+        if CLASSIFY_INPUTS not in signature_def.inputs:
+            raise ServingError("INVALID_ARGUMENT", "No classification inputs found in "
+                               f"SignatureDef: {_debug_string(signature_def)}")
+        if CLASSIFY_OUTPUT_CLASSES not in signature_def.outputs and \
+                CLASSIFY_OUTPUT_SCORES not in signature_def.outputs:
+            raise ServingError("INVALID_ARGUMENT",
+                               "Expected classification signature outputs to contain at least "
+                               f'one of "{CLASSIFY_OUTPUT_CLASSES}" or '
+                               f'"{CLASSIFY_OUTPUT_SCORES}". Signature was: '
+                               f"{_debug_string(signature_def)}")
+
+    def _regression_signature(self, signature_def) -> None:
+        """regressor.cc PreProcessRegression."""
+        self._check_method(signature_def, REGRESS_METHOD, "regression")
+        if len(signature_def.inputs) != 1:
+            raise ServingError("INVALID_ARGUMENT", "Expected one input Tensor.")
+        if len(signature_def.outputs) != 1:
+            raise ServingError("INVALID_ARGUMENT", "Expected one output Tensor.")
+        if REGRESS_INPUTS not in signature_def.inputs:
+            raise ServingError("INVALID_ARGUMENT", "No regression inputs found in "
+                               f"SignatureDef: {_debug_string(signature_def)}")
+        if REGRESS_OUTPUTS not in signature_def.outputs:
+            raise ServingError("INVALID_ARGUMENT", "No regression outputs found in "
+                               f"SignatureDef: {_debug_string(signature_def)}")
+
+    def _run_on_examples(self, key: str, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
+        # the "inputs" alias gets the serialized examples (PerformOneShotTensorComputation)
+        return self._call(self._calls[key], {CLASSIFY_INPUTS: examples})
 
     @staticmethod
     def _classifications(outputs, rows: int) -> List[List[Tuple[str, float]]]:
-        scores = outputs["scores"].numpy() if "scores" in outputs else None
-        classes = outputs["classes"].numpy() if "classes" in outputs else None
-        if scores is None and classes is None:
+        """classifier.cc PostProcessClassificationResult."""
+        classes = outputs.get(CLASSIFY_OUTPUT_CLASSES)
+        scores = outputs.get(CLASSIFY_OUTPUT_SCORES)
+        for name, tensor, dtype in (("classes", classes, tf.string),
+                                    ("scores", scores, tf.float32)):
+            if tensor is None:
+                continue
+            if tensor.shape.rank != 2:
+                raise ServingError("INVALID_ARGUMENT",
+                                   "Expected Tensor shape: [batch_size num_classes] but got "
+                                   f"{_shape_string(tensor)}")
+            if tensor.dtype != dtype:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Expected {name} Tensor of "
+                                   f"{'DT_STRING' if dtype == tf.string else 'DT_FLOAT'}. "
+                                   f"Got: {_dtype_name(tensor)}")
+            if tensor.shape[0] != rows:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Expected {name} output batch size of {rows}. "
+                                   f"Got: {tensor.shape[0]}")
+        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
             raise ServingError("INVALID_ARGUMENT",
-                               "Expected classification signature outputs classes or scores")
-        width = (scores if scores is not None else classes).shape[1]
-        return [[((classes[i][j].decode() if classes is not None else ""),
-                  float(scores[i][j]) if scores is not None else 0.0)
+                               "Tensors class and score should match in dim_size(1). Got "
+                               f"{classes.shape[1]} vs. {scores.shape[1]}")
+        width = (classes if classes is not None else scores).shape[1]
+        labels = classes.numpy() if classes is not None else None
+        values = scores.numpy() if scores is not None else None
+        return [[((labels[i][j].decode("utf-8", "replace") if labels is not None else ""),
+                  float(values[i][j]) if values is not None else 0.0)
                  for j in range(width)] for i in range(rows)]
 
     @staticmethod
-    def _regressions(outputs) -> List[float]:
-        if "outputs" not in outputs:
+    def _regressions(outputs, rows: int) -> List[float]:
+        """regressor.cc PostProcessRegressionResult."""
+        tensor = outputs[REGRESS_OUTPUTS]
+        shape = tensor.shape.as_list()
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             raise ServingError("INVALID_ARGUMENT",
-                               "No regression outputs found in SignatureDef (expected 'outputs')")
-        return [float(v) for v in np.reshape(outputs["outputs"].numpy(), [-1])]
+                               "Expected output Tensor shape to be either [batch_size] or "
+                               f"[batch_size, 1] but got {_shape_string(tensor)}")
+        if rows != shape[0]:
+            raise ServingError("INVALID_ARGUMENT",
+                               "Input batch size did not match output batch size: "
+                               f"{rows} vs. {shape[0]}")
+        if tensor.dtype != tf.float32:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_name(tensor)}")
+        return [float(v) for v in np.reshape(tensor.numpy(), [-1])]
 
     def classify(self, signature_name: str, serialized_examples: List[bytes]
                  ) -> List[List[Tuple[str, float]]]:
-        signature_def = self._method_signature(signature_name, CLASSIFY_METHOD, "classification")
+        """Classify (classifier.cc RunClassify / GetClassificationSignatureDef)."""
+        key, signature_def = self._find(signature_name, "No signature was found with the name: ")
+        self._classification_signature(signature_def)
         if not serialized_examples:
             raise ServingError("INVALID_ARGUMENT", "Input is empty.")
-        outputs = self._run_on_examples(signature_name, signature_def,
-                                        tf.constant(serialized_examples, tf.string))
+        outputs = self._run_on_examples(key, tf.constant(serialized_examples, tf.string))
         return self._classifications(outputs, len(serialized_examples))
 
     def regress(self, signature_name: str, serialized_examples: List[bytes]) -> List[float]:
-        signature_def = self._method_signature(signature_name, REGRESS_METHOD, "regression")
+        """Regress (regressor.cc RunRegress / GetRegressionSignatureDef)."""
+        key, signature_def = self._find(signature_name, "No signature was found with the name: ")
+        self._regression_signature(signature_def)
         if not serialized_examples:
             raise ServingError("INVALID_ARGUMENT", "Input is empty.")
-        outputs = self._run_on_examples(signature_name, signature_def,
-                                        tf.constant(serialized_examples, tf.string))
-        return self._regressions(outputs)
+        outputs = self._run_on_examples(key, tf.constant(serialized_examples, tf.string))
+        return self._regressions(outputs, len(serialized_examples))
 
     def multi_inference(self, tasks: Sequence[Tuple[str, str]], serialized_examples: List[bytes]
                         ) -> List[Tuple[str, str, object]]:
         """MultiInference: classify/regress `tasks` ((signature_name, method_name) pairs) on the
-        same examples, on this one version. TF Serving's rules (multi_inference.cc), in its
-        order: no signature twice, every signature exists (INVALID_ARGUMENT), the method is
-        classify or regress (else UNIMPLEMENTED), the signature fits it; then the input must
-        not be empty. The examples become one tensor shared by every task.
+        same examples, on this one version. TF Serving's rules (multi_inference.cc
+        TensorFlowMultiInferenceRunner::Infer), in its order: no signature twice, every
+        signature exists (INVALID_ARGUMENT), the task's method is classify or regress (else
+        UNIMPLEMENTED: the task's method_name picks the API, whatever the signature declares),
+        the signature fits it; then the input must not be empty. The examples become one
+        tensor shared by every task.
         Returns [(signature key, method, classifications | regressions)] in task order."""
         if not tasks:
             raise ServingError("INVALID_ARGUMENT", "MultiInferenceRequest has no tasks.")
@@ -310,24 +445,23 @@ class Servable:
                 raise ServingError("INVALID_ARGUMENT",
                                    f"Duplicate evaluation of signature: {key}")
             seen.add(key)
-            if key not in self.signature_defs or key not in self._functions:
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"Requested signature not found in model graph: {key}")
+            key, signature_def = self._find(key, "Requested signature not found in model graph: ")
             if method == CLASSIFY_METHOD:
-                kind = "classification"
+                self._classification_signature(signature_def)
             elif method == REGRESS_METHOD:
-                kind = "regression"
+                self._regression_signature(signature_def)
             else:
                 raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {method}")
-            checked.append((key, method, self._method_signature(key, method, kind)))
+            checked.append((key, method))
         if not serialized_examples:
             raise ServingError("INVALID_ARGUMENT", "Input is empty.")
         examples = tf.constant(serialized_examples, tf.string)
+        rows = len(serialized_examples)
         results = []
-        for key, method, signature_def in checked:
-            outputs = self._run_on_examples(key, signature_def, examples)
-            results.append((key, method, self._classifications(outputs, len(serialized_examples))
-                            if method == CLASSIFY_METHOD else self._regressions(outputs)))
+        for key, method in checked:
+            outputs = self._run_on_examples(key, examples)
+            results.append((key, method, self._classifications(outputs, rows)
+                            if method == CLASSIFY_METHOD else self._regressions(outputs, rows)))
         return results
 
     # -- warmup -------------------------------------------------------------------------------

@@ -14,15 +14,10 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from ctpipe.pipeline.errors import ConfigError
+from ctpipe.components.request_log_format import complete_log_files, read_logs
 from ctpipe.serving import request_log
-from ctpipe.serving.request_log import (
-    RequestLogger,
-    classify_protos,
-    complete_log_files,
-    predict_protos,
-    read_logs,
-)
+from ctpipe.serving.errors import ServingConfigError
+from ctpipe.serving.request_log import RequestLogger, classify_protos, predict_protos
 
 NAME = re.compile(r"^requests-\d{13}-\d{6}\.tfrecord$")
 
@@ -72,14 +67,14 @@ def test_rate_zero_logs_nothing(tmp_path):
 
 @pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan"), "0.5", True, None])
 def test_bad_rates_are_refused(tmp_path, rate):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ServingConfigError):
         RequestLogger(str(tmp_path), sample_rate=rate)
 
 
 @pytest.mark.parametrize("field,value", [("max_files", 0), ("queue_size", 0),
                                           ("max_file_bytes", 10), ("max_file_seconds", 0)])
 def test_bad_bounds_are_refused(tmp_path, field, value):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ServingConfigError):
         RequestLogger(str(tmp_path), **{field: value})
 
 
@@ -317,6 +312,7 @@ def test_flags(tmp_path):
             (0.25, 1024 * 1024, 4)
     finally:
         logger.close()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ServingConfigError) as raised:
         request_log.from_args(parser.parse_args(["--request-log-dir", str(tmp_path),
                                                  "--request-log-sample", "2"]))
+    assert raised.value.exit_code == 2  # a usage error, as the CLI's

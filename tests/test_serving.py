@@ -118,7 +118,7 @@ def server(long_run):
     (b"{not json", 400, "JSON Parse error"),
     (b'{"instances": [1], "inputs": [1]}', 400, "exactly one of"),
     (b'{"signature_name": "nope", "instances": [1]}', 400, "not found"),
-    (b'[1, 2]', 400, "must be an object"),
+    (b'[1, 2]', 400, "JSON Value: [1,2] Is not object"),  # TF Serving's json_tensor.cc
 ])
 def test_rest_errors_are_json_with_status(server, body, status, fragment):
     code, reply = _post(f"{server.rest_url}/v1/models/{MODEL}:predict", body)

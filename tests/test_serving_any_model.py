@@ -10,7 +10,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc, regression_pb2
 
 from ctpipe.components.trainer import set_signature_method
+from ctpipe.serving.errors import ServingError
 from ctpipe.serving.model_config import single_model
+from ctpipe.serving.servables import Servable
 from ctpipe.serving.server import start_server
 
 
@@ -88,10 +90,26 @@ def test_grpc_regress(toy_server):
     np.testing.assert_allclose([r.value for r in response.result.regressions], [5.0])
 
 
-def test_regress_on_a_predict_signature_is_rejected(toy_server):
+def test_regress_on_a_signature_that_does_not_fit_is_rejected(toy_server):
+    """TF Serving's default checks a Regress signature's inputs and outputs, not its method:
+    serving_default has two outputs (regressor.cc PreProcessRegression)."""
     request = urllib.request.Request(f"{toy_server.rest_url}/v1/models/toy:regress",
                                      data=b'{"examples": [{"x": 1.0}]}', method="POST")
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=10)
     assert error.value.code == 400
-    assert "regression signature method_name" in json.loads(error.value.read())["error"]
+    assert json.loads(error.value.read())["error"] == "Expected one output Tensor."
+
+
+def test_with_the_method_name_check_the_method_decides(toy_server):
+    """--enable_signature_method_name_check: a predict-method signature is refused before its
+    inputs and outputs are looked at; the declared ones still answer."""
+    path = toy_server.core.registry.resolve("toy").path
+    checked = Servable("toy", 7, path, method_name_check=True)
+    example = tf.train.Example()
+    example.features.feature["x"].float_list.value.append(1.0)
+    with pytest.raises(ServingError) as error:
+        checked.regress("", [example.SerializeToString()])
+    assert error.value.message == ("Expected regression signature method_name to be "
+                                   "tensorflow/serving/regress. Was: tensorflow/serving/predict")
+    assert checked.regress("regress_x", [example.SerializeToString()]) == [3.0]

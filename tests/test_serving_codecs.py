@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ctpipe.pipeline.errors import ServingError
 from ctpipe.serving import json_codec
+from ctpipe.serving.errors import ServingError
 from ctpipe.serving.servables import Servable
 
 

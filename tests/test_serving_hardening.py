@@ -1,7 +1,9 @@
 """Server hardening ("Safe deployment"): REST Content-Length rules, socket timeouts and the
 bounded worker pool, gRPC limits and error statuses, MultiInference version rules, the status
 tables, warmup of every signature, and TF Serving's wire encoding of Predict outputs.
-Small models (tests/test_tf_serving_port.py's half_plus_two), real sockets, real stubs."""
+Small models (tests/test_tf_serving_port.py's half_plus_two, built by TF Serving's generator:
+the TF1 model for the server, the TF2 one - six signatures - for warmup), real sockets, real
+stubs."""
 import json
 import os
 import socket
@@ -22,13 +24,14 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from ctpipe.pipeline.errors import GRPC_CODE_NUMBER, GRPC_CODE_OF_HTTP, HTTP_STATUS, ServingError
+from ctpipe.components.signatures import WARMUP_FILE
 from ctpipe.serving import model_config
 from ctpipe.serving.core import ServingCore
+from ctpipe.serving.errors import GRPC_CODE_NUMBER, GRPC_CODE_OF_HTTP, HTTP_STATUS, ServingError
 from ctpipe.serving.grpc_service import start_grpc, to_tensor_proto
 from ctpipe.serving.registry import ModelRegistry
 from ctpipe.serving.rest import DEFAULT_TIMEOUT_SECONDS, start_rest
-from ctpipe.serving.servables import WARMUP_FILE, Servable
+from ctpipe.serving.servables import Servable
 from ctpipe.serving.server import start_server
 
 from tests.support import wait_until
@@ -446,7 +449,9 @@ def test_multi_inference_later_tasks_may_leave_the_version_to_the_first(stub):
 @pytest.mark.parametrize("specs, code, fragment", [
     ([], "INVALID_ARGUMENT", "no tasks"),
     ([("regress_x2_to_y3", REGRESS, None, "")], "INVALID_ARGUMENT", ""),  # float input
-    ([("serving_default", REGRESS, None, "")], "INVALID_ARGUMENT", "method_name"),
+    # TF Serving's default (no method-name check): refused for its inputs, not its method
+    ([("serving_default", REGRESS, None, "")], "INVALID_ARGUMENT",
+     "No regression inputs found in SignatureDef"),
     ([("regress_x_to_y", "tensorflow/serving/predict", None, "")], "UNIMPLEMENTED", "predict"),
 ])
 def test_multi_inference_refusals(stub, specs, code, fragment):
@@ -545,7 +550,7 @@ def _spied(path):
 
 @pytest.fixture()
 def export_dir(tmp_path):
-    return os.path.join(build_half_plus_two(tmp_path / "m"), "00000123")
+    return os.path.join(build_half_plus_two(tmp_path / "m", tf2=True), "00000123")
 
 
 def test_every_record_type_replays_against_its_own_signature(export_dir):
