@@ -11,6 +11,7 @@ import hashlib
 import sys
 from typing import Any, Dict, Optional
 
+from ctpipe.components.basics import first_line
 from ctpipe.pipeline.errors import KubeflowError
 
 __all__ = ["KubeflowError", "connect", "normalise_cron", "schedule", "spec_version_name",
@@ -45,7 +46,7 @@ def connect(host: str):
         with contextlib.redirect_stdout(sys.stderr):
             return kfp.Client(host=host)
     except Exception as error:  # noqa: BLE001 - urllib3/kfp raise many kinds; one line out
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = (first_line(error) or type(error).__name__)
         raise KubeflowError(f"Kubeflow Pipelines at {host} is unreachable: {reason[:200]}")
 
 
@@ -56,7 +57,7 @@ def _call(host: str, what: str, function, *args, **kwargs):
     except KubeflowError:
         raise
     except Exception as error:  # noqa: BLE001
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = (first_line(error) or type(error).__name__)
         raise KubeflowError(f"{what} failed on {host}: {reason[:200]}")
 
 
@@ -76,7 +77,7 @@ def upload(host: str, package_path: str, pipeline_name: str) -> Dict[str, Any]:
         load_documents(package_path)
     except Exception as error:  # noqa: BLE001 - OSError, JSON or YAML errors: one line out
         raise KubeflowError(f"pipeline spec {package_path} is not a readable compiled spec "
-                            f"(YAML or JSON): {str(error).splitlines()[0][:200]}")
+                            f"(YAML or JSON): {first_line(error, 200)}")
     client = connect(host)
     version_name = spec_version_name(package_path)
     pipeline_id = _call(host, "pipeline lookup", client.get_pipeline_id, pipeline_name)

@@ -1,4 +1,4 @@
-"""The Kubeflow area's subcommands: kubeflow compile | upload | schedule."""
+"""The Kubeflow area's subcommands: kubeflow compile | lint | upload | schedule."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 import os
 
 from ctpipe.kubeflow.runner import TARGETS
-from ctpipe.pipeline.command_line import EXIT_OK, add_config_flags, load_config
+from ctpipe.pipeline.commands.common import EXIT_BAD_INPUT, EXIT_OK, add_config_flags, load_config
 
 
 def register(commands) -> None:
@@ -18,6 +18,10 @@ def register(commands) -> None:
                           "kubeflow/out/ctpipe.json (vertex)")
     add_target_flag(compile_)
     add_config_flags(compile_)
+    lint = kfp_commands.add_parser(
+        "lint", help="check a compiled spec against the backend's rules (exit 2 on problems)")
+    lint.add_argument("spec", help="compiled spec: .yaml (kfp) or .json (vertex)")
+    lint.add_argument("--json", action="store_true", help="machine-readable output")
     upload = kfp_commands.add_parser("upload", help="create the pipeline or add a version")
     upload.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8888")
     upload.add_argument("--package", help="compiled spec (default: compile now)")
@@ -49,10 +53,18 @@ def cmd_kubeflow(args: argparse.Namespace) -> int:
     from ctpipe.kubeflow.adapt import executor_kinds
     from ctpipe.kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline
 
+    if args.kubeflow_command == "lint":
+        return cmd_lint(args)
+    from ctpipe.kubeflow.lint import LintFailed
+
     config = load_config(args)
     if args.kubeflow_command == "compile":
         output = args.output or default_output(args.target)
-        compiled = compile_pipeline(config, output, args.target)
+        try:
+            compiled = compile_pipeline(config, output, args.target)
+        except LintFailed as failed:
+            print_problems(failed.problems, f"not written {output}")
+            return EXIT_BAD_INPUT
         spec = compiled[0] if args.target == "kfp" else compiled["pipelineSpec"]
         result = {"output": os.path.abspath(output), "target": args.target,
                   "schema_version": spec["schemaVersion"],
@@ -75,3 +87,24 @@ def cmd_kubeflow(args: argparse.Namespace) -> int:
         for key, value in result.items():
             print(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
     return EXIT_OK
+
+
+def print_problems(problems, headline: str) -> None:
+    """One line per problem on stderr, each prefixed with what it is about."""
+    import sys
+
+    for problem in problems:
+        print(f"{headline}: {problem}", file=sys.stderr)
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from ctpipe.kubeflow.lint import lint_file
+
+    problems = lint_file(args.spec)
+    if args.json:
+        print(json.dumps({"spec": os.path.abspath(args.spec), "problems": problems}))
+    elif not problems:
+        print(f"{args.spec}: ok")
+    if problems and not args.json:
+        print_problems(problems, args.spec)  # stdout stays empty: nothing passed
+    return EXIT_BAD_INPUT if problems else EXIT_OK

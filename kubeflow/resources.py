@@ -16,12 +16,24 @@ ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.
 # CsvExampleGen is absent on purpose: TFX 1.16's V2 builder gives the file-based ExampleGen its
 # own container spec and drops platform_config there.
 BEAM_HEAVY = ("StatisticsGen", "SchemaGen", "ExampleValidator")
+# Open-source KFP uses accelerator.type verbatim as the Kubernetes resource name of the limit
+# (backend/src/v2/driver/driver.go initPodSpecPatch, 2.5.0: res.Limits[ResourceName(type)]), so
+# it must be the device plugin's extended resource (nvidia.com/gpu, amd.com/gpu, ...). Vertex AI
+# wants its machine enum (NVIDIA_TESLA_T4): `gpu_type`.
+KFP_GPU_RESOURCE = "nvidia.com/gpu"
 
 
-def resource_specs(config: PipelineConfig) -> Dict[str, ResourceSpec]:
+def accelerator_type(config: PipelineConfig, target: str) -> str:
+    if target == "vertex":
+        return config.gpu_type
+    # `kfp_gpu_resource` (config key) names another device plugin's resource, e.g. amd.com/gpu.
+    return config.kfp_gpu_resource or KFP_GPU_RESOURCE
+
+
+def resource_specs(config: PipelineConfig, target: str = "kfp") -> Dict[str, ResourceSpec]:
     trainer = ResourceSpec(cpu_limit=config.trainer_cpu, memory_limit=config.trainer_memory_gb)
     if config.trainer_gpus > 0:
-        trainer.accelerator.type = config.gpu_type
+        trainer.accelerator.type = accelerator_type(config, target)
         trainer.accelerator.count = config.trainer_gpus
     specs = {"Trainer": trainer,
              "Evaluator": ResourceSpec(cpu_limit=config.evaluator_cpu,
@@ -31,8 +43,8 @@ def resource_specs(config: PipelineConfig) -> Dict[str, ResourceSpec]:
     return specs
 
 
-def apply_resources(pipeline, config: PipelineConfig) -> None:
-    specs = resource_specs(config)
+def apply_resources(pipeline, config: PipelineConfig, target: str = "kfp") -> None:
+    specs = resource_specs(config, target)
     for component in pipeline.components:
         if component.id in specs:
             component.with_platform_config(specs[component.id])

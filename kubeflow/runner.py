@@ -4,9 +4,10 @@
           kfp-kubernetes platform-spec document when the Pusher writes to a PVC; adapted by
           kubeflow/adapt.py so it uses only container executors.
   vertex  Vertex AI Pipelines: TFX's PipelineJob JSON as compiled (resolver executors and the
-          ExampleGen driver hook, which Vertex runs).
+          ExampleGen driver hook, which Vertex runs). Vertex runs only TFX's stock resolvers, so
+          its Evaluator baseline is the latest blessed model, not stable (README).
 
-The pipeline is ctpipe.pipeline.pipeline.create_pipeline - the one the local runner runs. This
+The pipeline is ctpipe.pipeline.definition.create_pipeline - the one the local runner runs. This
 module only supplies cluster locations, the image, resources, Beam arguments and runtime
 parameters; the data root is a runtime parameter, so one compiled spec serves several data
 locations.
@@ -37,19 +38,22 @@ def cluster_beam_args(config: PipelineConfig) -> List[str]:
     return args
 
 
-def build_kubeflow_pipeline(config: PipelineConfig):
+def build_kubeflow_pipeline(config: PipelineConfig, target: str = "kfp"):
     from tfx.orchestration import data_types
 
     from ctpipe.kubeflow.resources import apply_resources
-    from ctpipe.pipeline.pipeline import create_pipeline
+    from ctpipe.pipeline.definition import LATEST_BLESSED, STABLE_BY_STEP, create_pipeline
 
     data_root = data_types.RuntimeParameter(name=DATA_ROOT_PARAMETER, ptype=str,
                                             default=config.kfp_data_root)
     pipeline = create_pipeline(config, pipeline_root=config.kfp_pipeline_root,
                                data_root=data_root, serving_model_dir=config.kfp_serving_dir,
                                serving_rest=config.kfp_serving_rest,
-                               beam_pipeline_args=cluster_beam_args(config))
-    apply_resources(pipeline, config)
+                               beam_pipeline_args=cluster_beam_args(config),
+                               # kfp: stable, by our step (kubeflow/adapt.py); Vertex runs only
+                               # TFX's stock resolvers: the latest blessed model (README).
+                               baseline=STABLE_BY_STEP if target == "kfp" else LATEST_BLESSED)
+    apply_resources(pipeline, config, target)
     return pipeline
 
 
@@ -61,7 +65,7 @@ def compile_job(config: PipelineConfig, target: str) -> Dict[str, Any]:
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             default_image=config.image, use_pipeline_spec_2_1=(target == "kfp")))
     # The default value goes into runtimeConfig, so a run started without parameters works.
-    return runner.run(build_kubeflow_pipeline(config),
+    return runner.run(build_kubeflow_pipeline(config, target),
                       parameter_values={DATA_ROOT_PARAMETER: config.kfp_data_root},
                       write_out=False)
 
@@ -69,13 +73,21 @@ def compile_job(config: PipelineConfig, target: str) -> Dict[str, Any]:
 def compile_pipeline(config: PipelineConfig, output_path: str, target: str = "kfp"
                      ) -> Union[Dict[str, Any], List[Dict[str, Any]]]:
     """Write the compiled pipeline to output_path; returns what was written (the PipelineJob
-    dict for vertex, the list of YAML documents for kfp)."""
+    dict for vertex, the list of YAML documents for kfp). A spec that fails
+    `ctpipe kubeflow lint` is not written (lint.LintFailed, exit 2)."""
+    from ctpipe.kubeflow.lint import require_clean
+
     if target not in TARGETS:
         raise BadInput(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     output_path = os.path.abspath(output_path)
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
     job = compile_job(config, target)
     if target == "vertex":
+        from ctpipe.kubeflow.adapt import add_data_dependencies
+
+        # TFX leaves the blessing -> model resolver edge implicit; write it down for every reader.
+        add_data_dependencies(job["pipelineSpec"])
+        require_clean([job], target, f"the compiled {target} spec")
         with open(output_path, "w") as handle:
             json.dump(job, handle, indent=2, sort_keys=True)
         return job
@@ -84,6 +96,7 @@ def compile_pipeline(config: PipelineConfig, output_path: str, target: str = "kf
     from ctpipe.kubeflow.adapt import adapt_for_open_source_kfp
 
     documents = adapt_for_open_source_kfp(job["pipelineSpec"], config, DATA_ROOT_PARAMETER)
+    require_clean(documents, target, f"the compiled {target} spec")
     with open(output_path, "w") as handle:
         handle.write("# Compiled by `ctpipe kubeflow compile --target kfp` for open-source "
                      "Kubeflow Pipelines 2.x.\n")

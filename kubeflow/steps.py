@@ -1,6 +1,6 @@
 """Container steps that replace what open-source KFP does not implement (kubeflow/adapt.py).
 
-    python -m ctpipe.kubeflow.steps resolve --kind ledger|blessing|model ...
+    python -m ctpipe.kubeflow.steps resolve --kind ledger|stable|blessing|model ...
     python -m ctpipe.kubeflow.steps span-select --max-attempts 3 ...
     (both: --pipeline NAME --mlmd-host H --mlmd-port P --executor-input '{{$}}')
 
@@ -17,23 +17,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from ctpipe.pipeline import cycles, outcomes
+from ctpipe.kubeflow.entrypoint import NONE_KEY, is_none_marker
+from ctpipe.pipeline.home import cycles, outcomes
+from ctpipe.pipeline.home import store as mlmd_store
+from ctpipe.pipeline.home.kfp_runs import task_outputs
+from ctpipe.pipeline.spans import SPAN_DIR
 
 SQLITE_OVERRIDE = "CTPIPE_MLMD_SQLITE"
-SPAN_DIR = re.compile(r"^span-(\d+)/?$")
 
 
 def connect(host: str, port: int):
     path = os.environ.get(SQLITE_OVERRIDE)
     if path:
-        return outcomes.open_store(outcomes.sqlite_connection(path))
-    return outcomes.open_store(outcomes.grpc_connection(host, port))
+        return mlmd_store.open_store(mlmd_store.sqlite_connection(path))
+    return mlmd_store.open_store(mlmd_store.grpc_connection(host, port))
 
 
 def _metadata(artifact: mlmd_pb2.Artifact) -> Dict[str, Any]:
@@ -51,30 +53,6 @@ def _metadata(artifact: mlmd_pb2.Artifact) -> Dict[str, Any]:
     return metadata
 
 
-def task_outputs(store, pipeline: str, task: str, key: str
-                 ) -> List[Tuple[mlmd_pb2.Execution, mlmd_pb2.Artifact]]:
-    """(execution, artifact) for every LIVE output `key` of `task` in this pipeline's runs,
-    oldest first. Only completed executions count."""
-    found = []
-    for run in outcomes.pipeline_runs(store, pipeline):
-        executions = [e for e in store.get_executions_by_context(run.id)
-                      if e.custom_properties[outcomes.KFP_TASK_NAME].string_value == task
-                      and e.last_known_state == mlmd_pb2.Execution.COMPLETE]
-        if not executions:
-            continue
-        by_id = {e.id: e for e in executions}
-        events = [e for e in store.get_events_by_execution_ids(list(by_id))
-                  if e.type == mlmd_pb2.Event.OUTPUT and e.path.steps
-                  and e.path.steps[0].key == key]
-        artifacts = {a.id: a for a in store.get_artifacts_by_id(
-            [e.artifact_id for e in events])} if events else {}
-        for event in events:
-            artifact = artifacts[event.artifact_id]
-            if artifact.state == mlmd_pb2.Artifact.LIVE:
-                found.append((by_id[event.execution_id], artifact))
-    return sorted(found, key=lambda pair: pair[1].id)
-
-
 def resolve_ledger(store, pipeline: str, _: Dict[str, Any]) -> List[mlmd_pb2.Artifact]:
     states = task_outputs(store, pipeline, "DataGate", "state")
     return [states[-1][1]] if states else []
@@ -90,9 +68,9 @@ def resolve_blessing(store, pipeline: str, _: Dict[str, Any]) -> List[mlmd_pb2.A
 def resolve_model(store, pipeline: str, executor_input: Dict[str, Any]
                   ) -> List[mlmd_pb2.Artifact]:
     """The model the resolved blessing blessed: the `model` input of its Evaluator run."""
-    given = executor_input.get("inputs", {}).get("artifacts", {}).get("input", {}).get(
-        "artifacts", [])
-    if not given:
+    given = [a for a in executor_input.get("inputs", {}).get("artifacts", {}).get(
+        "input", {}).get("artifacts", []) if not is_none_marker(a)]
+    if not given:  # the blessing resolver found nothing (its phantom carries the marker)
         return []
     for execution, blessing in task_outputs(store, pipeline, "Evaluator", "blessing"):
         if blessing.uri != given[0]["uri"]:
@@ -105,7 +83,42 @@ def resolve_model(store, pipeline: str, executor_input: Dict[str, Any]
     return []
 
 
-RESOLVERS = {"ledger": resolve_ledger, "blessing": resolve_blessing, "model": resolve_model}
+def _release_version(value: Any) -> str:
+    """A pushed_version as KFP's metadata carries it (string, or a number as a double)."""
+    return str(int(value)) if isinstance(value, (int, float)) else str(value)
+
+
+def resolve_stable(store, pipeline: str, executor_input: Dict[str, Any]
+                   ) -> Dict[str, List[mlmd_pb2.Artifact]]:
+    """The production model (components/stable_model.py, on KFP): the manifest at this run's
+    serving dir names stable's version; among this pipeline's Pusher outputs published as that
+    version (newest first), the `model` input of the Pusher run that pushed it. Nothing when
+    there is no manifest, no stable, or no such push in this pipeline."""
+    from ctpipe.components.stable_model import MODEL_KEY, PUSHED_KEY, stable_version
+
+    found: Dict[str, List[mlmd_pb2.Artifact]] = {MODEL_KEY: [], PUSHED_KEY: []}
+    parameters = executor_input.get("inputs", {}).get("parameterValues", {})
+    version = stable_version(parameters["manifest"], parameters["model_name"])
+    if version is None:
+        return found
+    pushes = [(execution, artifact) for execution, artifact in
+              task_outputs(store, pipeline, "Pusher", PUSHED_KEY)
+              if _metadata(artifact).get("pushed") == 1.0
+              and _release_version(_metadata(artifact).get("pushed_version")) == str(version)]
+    for execution, pushed in reversed(pushes):
+        events = [e for e in store.get_events_by_execution_ids([execution.id])
+                  if e.type == mlmd_pb2.Event.INPUT and e.path.steps
+                  and e.path.steps[0].key == MODEL_KEY]
+        models = [m for m in store.get_artifacts_by_id([e.artifact_id for e in events])
+                  if m.state == mlmd_pb2.Artifact.LIVE]
+        if models:
+            models[0].custom_properties["release_version"].int_value = version
+            return {MODEL_KEY: models[:1], PUSHED_KEY: [pushed]}
+    return found
+
+
+RESOLVERS = {"ledger": resolve_ledger, "stable": resolve_stable, "blessing": resolve_blessing,
+             "model": resolve_model}
 
 
 def _runtime_artifact(artifact: mlmd_pb2.Artifact, type_title: str) -> Dict[str, Any]:
@@ -124,13 +137,24 @@ def write_executor_output(executor_input: Dict[str, Any], output: Dict[str, Any]
 
 def run_resolve(args: argparse.Namespace, executor_input: Dict[str, Any]) -> None:
     store = connect(args.mlmd_host, args.mlmd_port)
-    [key] = list(executor_input["outputs"]["artifacts"])
-    declared = executor_input["outputs"]["artifacts"][key]["artifacts"][0].get("type", {})
+    declared = executor_input["outputs"]["artifacts"]
     resolved = RESOLVERS[args.kind](store, args.pipeline, executor_input)
-    title = declared.get("schemaTitle", "system.Artifact")
-    write_executor_output(executor_input, {"artifacts": {key: {"artifacts": [
-        _runtime_artifact(artifact, title) for artifact in resolved]}}})
-    print(f"resolved {args.kind}: {[a.uri for a in resolved] or 'nothing yet'}")
+    if not isinstance(resolved, dict):  # one output key
+        [key] = list(declared)
+        resolved = {key: resolved}
+    output: Dict[str, Any] = {}
+    for key, group in declared.items():
+        title = group["artifacts"][0].get("type", {}).get("schemaTitle", "system.Artifact")
+        # Nothing resolved: the launcher records the declared artifact anyway
+        # (uploadOutputArtifacts), so say so in its metadata; consumers drop it
+        # (ctpipe.kubeflow.entrypoint). One resolved artifact: the launcher keeps our uri and
+        # metadata (mergeRuntimeArtifacts, first item only).
+        listed = [_runtime_artifact(artifact, title) for artifact in resolved.get(key, [])[:1]] \
+            or [{"metadata": {NONE_KEY: 1.0}, "type": {"schemaTitle": title}}]
+        output[key] = {"artifacts": listed}
+    write_executor_output(executor_input, {"artifacts": output})
+    print(f"resolved {args.kind}: "
+          f"{ {k: [a.uri for a in v] for k, v in resolved.items() if v} or 'nothing yet'}")
 
 
 # -- span selection ----------------------------------------------------------------------------

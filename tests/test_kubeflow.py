@@ -63,14 +63,17 @@ def test_resolvers_become_steps_scoped_to_this_pipeline(kfp_compiled):
     _, path = kfp_compiled
     spec, _ = load_documents(str(path))
     executors = spec["deploymentSpec"]["executors"]
-    for task, kind in (("PreviousGateState", "ledger"),
-                       ("LatestBlessedModel-model-blessing-resolver", "blessing"),
-                       ("LatestBlessedModel-model-resolver", "model")):
+    for task, kind in (("PreviousGateState", "ledger"), ("StableModel", "stable")):
         component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
         container = executors[spec["components"][component]["executorLabel"]]["container"]
         assert container["command"] == ["python", "-m", "ctpipe.kubeflow.steps"]
         assert container["args"][:3] == ["resolve", "--pipeline", "ctpipe"]
         assert container["args"][container["args"].index("--kind") + 1] == kind
+    # The baseline is stable, read from the manifest beside the serving dir the Pusher writes.
+    stable = spec["root"]["dag"]["tasks"]["StableModel"]["inputs"]["parameters"]
+    assert stable == {"manifest": {"runtimeValue": {"constant": "/models/models.config"}},
+                      "model_name": {"runtimeValue": {"constant": "big_tipper"}}}
+    assert "LatestBlessedModel" not in path.read_text()
 
 
 def test_span_select_gates_every_step_and_feeds_example_gen(kfp_compiled):
@@ -97,9 +100,11 @@ def test_span_select_gates_every_step_and_feeds_example_gen(kfp_compiled):
 def test_pushes_reach_the_models_pvc_or_object_storage(kfp_compiled, tmp_path):
     _, path = kfp_compiled
     _, platform = load_documents(str(path))
-    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
-        "Pusher_executor"]["pvcMount"]
-    assert mounts == [{"mountPath": "/models", "constant": "ctpipe-models"}]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    # The Pusher writes there; StableModel and DataGate read the release manifest there.
+    assert sorted(executors) == ["DataGate_executor", "Pusher_executor", "StableModel_executor"]
+    for executor in executors.values():
+        assert executor["pvcMount"] == [{"mountPath": "/models", "constant": "ctpipe-models"}]
     config = tmp_path / "gcs.toml"
     config.write_text('kfp_serving_dir = "gs://bucket/models/big_tipper"\n')
     documents = compile_pipeline(PipelineConfig.from_sources(str(config)),
@@ -107,6 +112,8 @@ def test_pushes_reach_the_models_pvc_or_object_storage(kfp_compiled, tmp_path):
     assert len(documents) == 1  # no mount needed
     assert "gs://bucket/models/big_tipper" in json.dumps(
         documents[0]["root"]["dag"]["tasks"]["Pusher"])
+    assert documents[0]["root"]["dag"]["tasks"]["StableModel"]["inputs"]["parameters"][
+        "manifest"] == {"runtimeValue": {"constant": "gs://bucket/models/models.config"}}
 
 
 def test_spec_is_a_real_pipeline_spec_and_deterministic(compiled):
@@ -118,24 +125,47 @@ def test_spec_is_a_real_pipeline_spec_and_deterministic(compiled):
     assert spec == again
 
 
-def test_dependencies_match_the_local_dag(compiled, tmp_path):
-    from ctpipe.pipeline.pipeline import create_pipeline
+def _local_upstream(tmp_path):
+    from ctpipe.pipeline.definition import create_pipeline
 
+    local = create_pipeline(PipelineConfig(home=str(tmp_path), data_root=str(tmp_path)))
+    return {c.id: {u.id for u in c.upstream_nodes} for c in local.components}
+
+
+def test_dependencies_match_the_local_dag(kfp_compiled, tmp_path):
+    """kfp (the default target) runs the local DAG node for node - StableModel included - plus
+    SpanSelect, which every task waits for."""
+    _, path = kfp_compiled
+    spec, _ = load_documents(str(path))
+    tasks = {n: t for n, t in spec["root"]["dag"]["tasks"].items() if n != "SpanSelect"}
+    local_upstream = _local_upstream(tmp_path)
+    assert set(tasks) == set(local_upstream)
+    assert {"CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "StableModel",
+            "Trainer", "Evaluator", "Pusher", "DataGate"} <= set(local_upstream)
+    for name, task in tasks.items():
+        kfp_upstream = set(task.get("dependentTasks", [])) - {"SpanSelect"}
+        # KFP adds the gate as a dependency of the steps its condition reads
+        assert kfp_upstream - {"DataGate"} == local_upstream[name] - {"DataGate"}, name
+        assert local_upstream[name] <= kfp_upstream, name
+    baseline = tasks["Evaluator"]["inputs"]["artifacts"]["baseline_model"]
+    assert baseline["taskOutputArtifact"]["producerTask"] == "StableModel"
+
+
+def test_vertex_differs_from_the_local_dag_only_in_its_baseline_resolver(compiled, tmp_path):
+    """Vertex runs only TFX's stock resolvers: its baseline is the latest blessed model
+    (README, "Run on Kubeflow"), in StableModel's place; everything else is the local DAG."""
     _, spec, _ = compiled
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
 
-    def node(name):  # KFP splits the blessed-model resolver into two tasks
-        return re.sub(r"-model(-blessing)?-resolver$", "", name)
-    local = create_pipeline(PipelineConfig(home=str(tmp_path), data_root=str(tmp_path)))
-    local_upstream = {c.id: {u.id for u in c.upstream_nodes} for c in local.components}
+    def node(name):  # KFP splits the blessed-model resolver into two tasks; it stands in
+        return re.sub(r"^LatestBlessedModel(-model(-blessing)?-resolver)?$", "StableModel", name)
+    local_upstream = _local_upstream(tmp_path)
     assert {node(t) for t in tasks} == set(local_upstream)
-    assert {"CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
-            "Evaluator", "Pusher", "DataGate"} <= set(local_upstream)
+    assert "StableModel" not in tasks
     for name, task in tasks.items():
         if node(name) != name:
             continue
         kfp_upstream = {node(d) for d in task.get("dependentTasks", [])}
-        # KFP adds the gate as a dependency of the steps its condition reads
         assert kfp_upstream - {"DataGate"} == local_upstream[name] - {"DataGate"}, name
         assert local_upstream[name] <= kfp_upstream, name
 
@@ -323,3 +353,52 @@ def test_no_beam_step_builds_a_tfx_sdist_on_the_cluster(kfp_compiled):
         container = executor["container"]
         if "kubeflow_v2_run_executor" in " ".join(container["command"]):
             assert "--sdk_container_image=ghcr.io/example/ctpipe:0.1.0" in container["args"], label
+
+
+def test_stable_step_resolves_the_model_pushed_as_stable_in_this_pipeline_only(tmp_path):
+    """`steps resolve --kind stable`: the manifest names stable's version; the Model is the
+    `model` input of this pipeline's Pusher run that pushed that version (KFP's MLMD layout)."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from ctpipe.components import release
+    from ctpipe.kubeflow import steps
+
+    from tests.kfp_harness import Metadata
+
+    metadata = Metadata(str(tmp_path / "mlmd.sqlite"))
+    model_type = {"schemaTitle": "tfx.Model"}
+
+    def cycle(pipeline, run, version):
+        contexts = metadata.get_pipeline(pipeline, run)
+        trainer = metadata.create_execution(contexts, "Trainer", pb.Execution.RUNNING, 0, {})
+        metadata.publish_execution(trainer, contexts, pb.Execution.COMPLETE, {"model": [
+            {"uri": f"/{pipeline}/{run}/model", "type": model_type}]}, {})
+        [model] = [a for a in metadata.store.get_artifacts() if a.uri.endswith(f"{run}/model")
+                   and a.uri.startswith(f"/{pipeline}/")]
+        pusher = metadata.create_execution(contexts, "Pusher", pb.Execution.RUNNING, 0,
+                                           {"model": [{"name": str(model.id)}]})
+        metadata.publish_execution(pusher, contexts, pb.Execution.COMPLETE, {"pushed_model": [
+            {"uri": f"/{pipeline}/{run}/pushed", "type": {"schemaTitle": "tfx.PushedModel"},
+             "metadata": {"pushed": 1, "pushed_version": str(version)}}]}, {})
+        return model
+
+    first = cycle("ctpipe", "run-1", 1)
+    second = cycle("ctpipe", "run-2", 2)
+    cycle("other", "run-3", 1)  # another pipeline's version 1: never ours
+    manifest = str(tmp_path / "models.config")
+    executor_input = {"inputs": {"parameterValues": {"manifest": manifest,
+                                                     "model_name": "big_tipper"}}}
+
+    def resolved():
+        return steps.resolve_stable(metadata.store, "ctpipe", executor_input)
+
+    assert resolved() == {"model": [], "pushed_model": []}  # no manifest yet: cold start
+    for stable, expected in ((1, first), (2, second)):
+        release.write(manifest, [release.Release("big_tipper", str(tmp_path / "big_tipper"),
+                                                 {"stable": stable, "canary": 2})])
+        found = resolved()
+        assert [m.id for m in found["model"]] == [expected.id], stable
+        assert found["pushed_model"][0].uri == f"/ctpipe/run-{stable}/pushed"
+    release.write(manifest, [release.Release("big_tipper", str(tmp_path / "big_tipper"),
+                                             {"stable": 7})])
+    assert resolved()["model"] == []  # stable was never pushed by this pipeline

@@ -1,23 +1,29 @@
-"""The compiled open-source-KFP spec runs: executed by tests/kfp_harness.py the way KFP's driver
-and launcher would, each step a subprocess of the *installed wheel* (not the checkout).
+"""The compiled open-source-KFP spec runs: executed by tests/kfp_harness.py by KFP's own rules
+(backend 2.5.0), each step a subprocess of the *installed wheel* (not the checkout), as uid
+10001 when the tests run as root.
 
 Scenario: two scheduled runs in a row (the first pushes, the second is no_new_data); a span
-that breaks the contract skips Trainer, Evaluator and Pusher; a clean span after it trains
-without the blocked one."""
+that breaks the contract skips the Trainer (CANCELED) so Evaluator and Pusher never start; a
+clean span after it trains without the blocked one, against the first run's model."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
+from ml_metadata.proto import metadata_store_pb2 as pb
 
-from ctpipe.pipeline import outcomes
+from ctpipe.kubeflow.entrypoint import NONE_KEY
+from ctpipe.pipeline.home import outcomes
 
-from tests.kfp_harness import COMPLETE, SKIPPED, KfpHarness
+from tests.kfp_harness import COMPLETE, NOT_RUN, OMITTED, SKIPPED, KfpHarness, run_executions
 from tests.support import REPO, deliver
 
 pytestmark = pytest.mark.e2e
@@ -33,10 +39,22 @@ kfp_serving_rest = ""
 GATED = ("Trainer", "Evaluator", "Pusher")
 
 
+def _world_readable_dir(prefix: str) -> Path:
+    """pytest's temp folders are 0700; the steps run as the image's uid and must reach these."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
-def wheel_venv(tmp_path_factory) -> Path:
+def wheel_venv():
     """A fresh venv with the built wheel, reusing this interpreter's pinned stack (.pth)."""
-    root = tmp_path_factory.mktemp("wheel")
+    root = _world_readable_dir("ctpipe-wheel-")
+    yield _build_wheel_venv(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _build_wheel_venv(root: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "--no-build-isolation", "-w", str(root / "dist"), str(REPO)], check=True,
                    capture_output=True)
@@ -58,8 +76,15 @@ def wheel_venv(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def kfp_runs(tmp_path_factory, wheel_venv):
-    root = tmp_path_factory.mktemp("kfp-harness")
+def kfp_runs(wheel_venv):
+    root = _world_readable_dir("ctpipe-kfp-harness-")
+    try:
+        yield _scenario(root, wheel_venv)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _scenario(root: Path, wheel_venv: Path):
     (root / "ctpipe.toml").write_text(CONFIG)
     spec = root / "ctpipe.yaml"
     compiled = subprocess.run([str(wheel_venv / "bin" / "ctpipe"), "kubeflow", "compile",
@@ -81,6 +106,7 @@ def kfp_runs(tmp_path_factory, wheel_venv):
     runs["clean"] = harness.run(parameters)
     decisions = {d.run_id: d for d in outcomes.history(harness.store, "ctpipe")}
     runs["sdists"] = sorted(str(p) for p in harness.temp_dir.rglob("tfx_ephemeral*"))
+    runs["harness"] = harness
     return runs, decisions, models / "big_tipper"
 
 
@@ -100,11 +126,39 @@ def test_first_scheduled_run_pushes_to_the_models_pvc(kfp_runs):
     assert (models / "1" / "saved_model.pb").is_file()
 
 
+def test_first_run_baseline_is_a_marked_phantom_that_the_evaluator_never_sees(kfp_runs):
+    """Nothing blessed yet: the launcher still records the resolver's declared output (KFP's
+    uploadOutputArtifacts), carrying our marker; the Evaluator ran without a baseline."""
+    runs, decisions, _ = kfp_runs
+    run = runs["first"]
+    evaluator_input = run.executor_inputs["Evaluator"]["inputs"]["artifacts"]
+    [phantom] = evaluator_input["baseline_model"]["artifacts"]
+    assert phantom["metadata"][NONE_KEY] == 1.0
+    assert not os.listdir(phantom["uri"])  # an empty, never-written artifact
+    assert "baseline" not in decisions[run.run_id].metrics  # no model was compared against
+
+
+def test_every_task_is_recorded_as_kfp_records_it(kfp_runs):
+    """A root DAG execution, then one execution per started task; nothing for omitted ones."""
+    runs, _, _ = kfp_runs
+    run = runs["first"]
+    executions = run_executions(runs["harness"].store, run.run_id)
+    assert ("system.DAGExecution", "", pb.Execution.COMPLETE) in executions
+    assert sorted(t for kind, t, _ in executions if kind == "system.ContainerExecution") == \
+        sorted(run.states)
+
+
 def test_second_run_with_nothing_new_trains_nothing(kfp_runs):
     runs, decisions, models = kfp_runs
     run = runs["again"]
     assert run.states["SpanSelect"] == COMPLETE, _explain(run)
-    assert {state for task, state in run.states.items() if task != "SpanSelect"} == {SKIPPED}
+    assert {state for task, state in run.states.items() if task != "SpanSelect"} <= \
+        set(NOT_RUN)
+    # Tasks right after SpanSelect are CANCELED by their trigger condition; the rest never start.
+    executions = run_executions(runs["harness"].store, run.run_id)
+    cancelled = {t for _, t, state in executions if state == pb.Execution.CANCELED}
+    assert cancelled == {t for t, state in run.states.items() if state == SKIPPED}
+    assert "CsvExampleGen" in cancelled and run.states["StatisticsGen"] == OMITTED
     decision = decisions[run.run_id]
     assert decision.outcome == "no_new_data", decision.reasons
     assert "waiting for span 2" in decision.reasons[0]
@@ -115,7 +169,8 @@ def test_a_contract_breaking_span_skips_trainer_evaluator_and_pusher(kfp_runs):
     run = runs["blocked"]
     assert not run.failed, _explain(run)
     assert run.states["DataGate"] == COMPLETE
-    assert all(run.states[task] == SKIPPED for task in GATED), run.states
+    assert run.states["Trainer"] == SKIPPED  # condition accepted == 1.0 is false: CANCELED
+    assert run.states["Evaluator"] == OMITTED and run.states["Pusher"] == OMITTED, run.states
     decision = decisions[run.run_id]
     assert decision.outcome == "data_blocked" and decision.span == 2
 
