@@ -2,6 +2,8 @@
 
 Usage: python -m ctpipe.pipeline.bench [--work DIR] [--scales 1 10 100] [--skip-scaling]
        [--skip-serving] [--json-out FILE]
+       python -m ctpipe.pipeline.bench --soak N [--soak-rows 400] [--soak-keep-memory]
+         (only the soak: N cycles in this one watch process, RSS per cycle)
 Everything is measured side by side in this one run - the machine is noisy, so read the ratios.
 It prints markdown tables and writes JSON; it asserts nothing (no test asserts on time).
 """
@@ -58,29 +60,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="folder for homes, data and logs (default: new temp)")
     parser.add_argument("--sample", default=None, help="sample spans (default: data/sample)")
-    parser.add_argument("--first-spans", type=int, default=15,
-                        help="spans 1..N present before the first cycle (default 15)")
+    parser.add_argument("--first-spans", type=int, default=14,
+                        help="spans 1..N present before the first cycle, N+1 arrives for the "
+                        "incremental one, N+2 is held out from both (default 14)")
     parser.add_argument("--stock-train-steps", type=int, default=200)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--skip-compare", action="store_true",
                         help="no stock-vs-ctpipe cycles (scaling/serving only)")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-serving", action="store_true")
+    parser.add_argument("--flink", action="store_true",
+                        help="also run each scale on DirectRunner multi_processing and on a local "
+                        "Flink cluster (parallelism 2), per component")
     parser.add_argument("--quick", action="store_true",
                         help="scales 1 and 10 only, short serving loops")
     parser.add_argument("--json-out", help="also write the JSON here")
+    parser.add_argument("--soak", type=int, metavar="N",
+                        help="only the soak: N cycles in one watch process, RSS per cycle")
+    parser.add_argument("--soak-rows", type=int, default=400, help="rows per soak span")
+    parser.add_argument("--soak-keep-memory", action="store_true",
+                        help="soak without giving memory back after each cycle (the before)")
     args = parser.parse_args(argv)
+    if args.soak:
+        return _soak(args)
 
     from ctpipe.pipeline.bench import compare, scaling
-    from ctpipe.pipeline.demo import REPO_SAMPLE
-    from ctpipe.pipeline.progress import Progress
+    from ctpipe.pipeline.run.demo import REPO_SAMPLE
+    from ctpipe.pipeline.run.progress import Progress
 
     sample = args.sample or str(REPO_SAMPLE)
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="ctpipe-bench-"))
     os.makedirs(work, exist_ok=True)
     scales = [s for s in args.scales if s <= 10] if args.quick else args.scales
-    steps = ((0 if args.skip_compare else 7) + (0 if args.skip_scaling else 3 * len(scales))
-             + (0 if args.skip_serving else 1))
+    steps = ((0 if args.skip_compare else 10) + (0 if args.skip_scaling else 3 * len(scales))
+             + (3 * len(scales) if args.flink else 0) + (0 if args.skip_serving else 1))
     progress = Progress(steps)
     started = time.monotonic()
     print(f"bench work folder: {work}", file=sys.stderr)
@@ -89,9 +102,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.skip_compare:
         result["comparison"] = compare.compare(
             sample, work, list(range(1, args.first_spans + 1)), args.first_spans + 1,
-            args.stock_train_steps, progress)
+            args.stock_train_steps, progress, held_out_span=args.first_spans + 2)
     if not args.skip_scaling:
         result["scaling"] = scaling.run_scaling(sample, work, scales, progress)
+    if args.flink:
+        from ctpipe.pipeline.bench import flink_scaling
+
+        result["scaling_by_runner"] = flink_scaling.run_by_runner(sample, work, scales, progress)
     if not args.skip_serving:
         served = os.path.join(work, "ctpipe-steady" if "comparison" in result else
                               f"scale-{scales[0]}x/home", "serving", "big_tipper")
@@ -106,6 +123,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "scaling" in result:
         print("\n## Scaling with the data (ctpipe)\n")
         print(scaling.markdown(result["scaling"]))
+    if "scaling_by_runner" in result:
+        print("\n## Scaling by Beam runner (DirectRunner in-memory / multi_processing / Flink)\n")
+        print(flink_scaling.markdown(result["scaling_by_runner"]))
     if result.get("serving") and result["serving"].get("markdown"):
         print("\n## Serving\n")
         print(result["serving"]["markdown"])
@@ -113,6 +133,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(path, "w") as handle:
         json.dump(result, handle, indent=2)
     print(f"\nJSON: {path}")
+    return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from ctpipe.pipeline.bench import soak
+    from ctpipe.pipeline.run.demo import REPO_SAMPLE
+
+    work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="ctpipe-soak-"))
+    os.makedirs(work, exist_ok=True)
+    print(f"soak work folder: {work}", file=sys.stderr)
+    result = {"machine": machine(), "work": work, "soak": soak.soak(
+        args.sample or str(REPO_SAMPLE), work, args.soak, args.soak_rows,
+        release_memory=not args.soak_keep_memory)}
+    print(soak.markdown(result["soak"]))
+    path = args.json_out or os.path.join(work, "soak.json")
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)
+    print(f"JSON: {path}")
     return 0
 
 

@@ -17,8 +17,10 @@ class CycleRun:
     peak_rss_mib: float
     returncode: int
     components: Dict[str, float] = dataclasses.field(default_factory=dict)
-    auc: Optional[float] = None
-    auc_stderr: Optional[float] = None
+    # AUC ± Hanley-McNeil standard error on a whole span neither pipeline ever read, and on
+    # every span's eval rows that neither side trained on (compare._score).
+    auc_held_out_span: Optional[float] = None
+    auc_held_out_span_stderr: Optional[float] = None
     auc_all_spans: Optional[float] = None
     auc_all_spans_stderr: Optional[float] = None
     log: str = ""
@@ -47,9 +49,9 @@ def python(module: str, *args: str) -> List[str]:
 
 def component_seconds(metadata_path: str, pipeline_name: str) -> Dict[str, float]:
     """Seconds per component of the latest run of `pipeline_name` (ML Metadata times)."""
-    from ctpipe.pipeline import outcomes
-
-    store = outcomes.open_store(outcomes.sqlite_connection(metadata_path))
+    from ctpipe.pipeline.home import outcomes
+    from ctpipe.pipeline.home import store as mlmd_store
+    store = mlmd_store.open_store(mlmd_store.sqlite_connection(metadata_path))
     runs = outcomes.pipeline_runs(store, pipeline_name)
     if not runs:
         return {}
@@ -60,9 +62,9 @@ def component_seconds(metadata_path: str, pipeline_name: str) -> Dict[str, float
 def latest_artifact_uri(metadata_path: str, type_name: str,
                         producer: Optional[str] = None) -> Optional[str]:
     """URI of the newest artifact of `type_name` (optionally made by the node `producer`)."""
-    from ctpipe.pipeline import outcomes
+    from ctpipe.pipeline.home import store as mlmd_store
 
-    store = outcomes.open_store(outcomes.sqlite_connection(metadata_path))
+    store = mlmd_store.open_store(mlmd_store.sqlite_connection(metadata_path))
     artifacts = sorted(store.get_artifacts_by_type(type_name), key=lambda a: a.id)
     if producer:
         artifacts = [a for a in artifacts if f"/{producer}/" in a.uri]
@@ -84,11 +86,64 @@ def model_auc(model_uri: str, eval_files: List[str]) -> Tuple[Optional[float], O
     return round(value, 4), round(auc_stderr(value, positives, len(labels) - positives), 4)
 
 
-def overlap(eval_files: List[str], train_files: List[str]) -> int:
-    """How many eval records also occur in `train_files` (0 = a fair held-out comparison)."""
+def split_files(metadata_path: str, split: str, type_name: str = "Examples") -> List[str]:
+    """Files of `split` in every `type_name` artifact of a home's ML Metadata: for "train",
+    every row any model of that home (or its warm-start chain) can have trained on."""
+    import glob
+
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    return sorted(path for artifact in store.get_artifacts_by_type(type_name)
+                  for path in glob.glob(os.path.join(artifact.uri, f"Split-{split}", "*")))
+
+
+def records(files: List[str]) -> List[bytes]:
+    """Serialized records of GZIP TFRecord files (what ExampleGen writes)."""
     import tensorflow as tf
 
-    def records(files):
-        return {r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")}
+    if not files:
+        return []
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
-    return len(records(eval_files) & records(train_files))
+
+def row_keys(files: List[str]) -> List[bytes]:
+    """components.csv_ingest.row_key() of every record: the row's normalized values."""
+    import tensorflow as tf
+
+    from ctpipe.components.csv_ingest import row_key
+
+    return [row_key(tf.train.Example.FromString(r)) for r in records(files)]
+
+
+def overlap(eval_files: List[str], train_files: List[str]) -> int:
+    """How many eval rows also occur in `train_files` (0 = a fair held-out comparison).
+
+    Rows are compared by row_key(), not by serialized bytes: two pipelines that encode one row
+    differently (an empty column as Feature() or as an empty int64_list) write other bytes for
+    it, and a byte comparison then reports 0 whatever the overlap."""
+    train = set(row_keys(train_files))
+    return sum(key in train for key in row_keys(eval_files))
+
+
+def write_rows_outside(eval_files: List[str], train_files: List[str], path: str) -> Dict[str, int]:
+    """Write the eval records whose row is in none of `train_files` to `path` (GZIP TFRecord):
+    rows neither model can have trained on. Returns how many were kept and dropped."""
+    import tensorflow as tf
+
+    from ctpipe.components.csv_ingest import row_key
+
+    train = set(row_keys(train_files))
+    kept = dropped = 0
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for record in records(eval_files):
+            if row_key(tf.train.Example.FromString(record)) in train:
+                dropped += 1
+            else:
+                writer.write(record)
+                kept += 1
+    return {"rows": kept, "dropped_rows_seen_in_training": dropped}

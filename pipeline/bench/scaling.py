@@ -6,10 +6,10 @@ from __future__ import annotations
 import csv
 import os
 import random
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ctpipe.pipeline.bench.measure import component_seconds, python, run_process
-from ctpipe.pipeline.progress import Progress
+from ctpipe.pipeline.run.progress import Progress
 
 # Continuous columns get multiplicative noise; coordinates a few metres of jitter. Categorical
 # codes, labels and empty cells (missing values) are kept as they are.
@@ -32,15 +32,17 @@ def _noisy(name: str, value: str, rng: random.Random) -> str:
     return str(int(round(number))) if name == "trip_seconds" else f"{number:.6f}"
 
 
-def scaled_span(source_csv: str, factor: int, target_csv: str, seed: int) -> int:
-    """Write factor x the source's rows, drawn with replacement and jittered; returns rows."""
+def scaled_span(source_csv: str, factor: int, target_csv: str, seed: int,
+                count: Optional[int] = None) -> int:
+    """Write factor x the source's rows (or `count` rows), drawn with replacement and jittered;
+    returns rows."""
     rng = random.Random(seed)
     with open(source_csv, newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
         rows = list(reader)
     os.makedirs(os.path.dirname(target_csv), exist_ok=True)
-    count = len(rows) * factor
+    count = len(rows) * factor if count is None else count
     with open(target_csv, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -65,8 +67,8 @@ def run_scaling(sample_dir: str, work: str, factors: List[int],
         for which, extra in (("first", ["--from-span", "1"]), ("incremental", [])):
             with progress.step(f"scaling {factor}x: {which} cycle ({sum(rows):,} rows)"):
                 run = run_process(f"{factor}x {which}", python(
-                    "ctpipe.pipeline.cli", "run", "--data-root", data_root, "--home", home,
-                    "--json", *extra), os.path.join(root, f"{which}.log"))
+                    "ctpipe.pipeline.commands.main", "run", "--data-root", data_root,
+                    "--home", home, "--json", *extra), os.path.join(root, f"{which}.log"))
             if run.returncode != 0:
                 raise RuntimeError(f"scaling {factor}x {which} cycle failed "
                                    f"(exit {run.returncode}); see {run.log}")
