@@ -12,11 +12,12 @@ address is configured (custom_config `serving_rest`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import uuid
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 from tfx import types
@@ -28,6 +29,14 @@ from tfx.utils import proto_utils
 from ctpipe.components.layout import versions_on_disk
 
 INCOMING_PREFIX = ".incoming-"
+IDENTICAL_PROPERTY = "identical_to_warm_start"  # read by pipeline/home/outcomes.py
+# custom_config key: "pusher" (default) names the new version in the release manifest here;
+# "runner": the local runner does, after its fresh-label step (pipeline/ops/fresh_labels.py).
+LABELS_BY = "labels_by"
+# custom_config keys for the fresh-label verdict the Pusher applies when it labels (Kubeflow):
+# the config's `promotion` and `fresh_min_rows`.
+PROMOTION_KEY, FRESH_MIN_ROWS_KEY = "promotion", "fresh_min_rows"
+FRESH_LABELS_PROPERTY = "fresh_labels"  # the verdict, JSON, on the PushedModel
 HIGH_WATER_FILE = ".ctpipe-high-water-version"
 
 CopyTree = Callable[[str, str], None]
@@ -120,35 +129,90 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
             return
+        model = artifact_utils.get_single_instance(
+            input_dict[standard_component_specs.MODEL_KEY])
+        if identical_to_warm_start(model.uri):
+            # The candidate is its warm-start parent's weights (stable's, normally): pushing
+            # it would serve the same model under a new version number.
+            logging.info("candidate kept its warm-start weights: not pushed")
+            self._MarkNotPushed(model_push)
+            model_push.set_int_custom_property(IDENTICAL_PROPERTY, 1)
+            return
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(
             exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         base = destination.filesystem.base_directory
         version = publish_atomically(self.GetModelPath(input_dict), base)
-        labels = release_new_version(base, version, _custom_config(exec_properties))
+        custom_config = _custom_config(exec_properties)
+        judged: Dict[str, Any] = {}
+        labels = {} if custom_config.get(LABELS_BY) == "runner" else \
+            release_new_version(base, version, custom_config, read_lineage(model.uri), judged)
         self._MarkPushed(model_push, pushed_destination=os.path.join(base, str(version)),
                          pushed_version=str(version))
+        if judged:
+            model_push.set_string_custom_property(FRESH_LABELS_PROPERTY, json.dumps(judged))
         for label, labelled in labels.items():
             model_push.set_int_custom_property(f"release_{label}", labelled)
 
 
-def _custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
-    import json
+def read_lineage(model_uri: str) -> Dict[str, Any]:
+    """The Trainer's lineage file (components/trainer.py `write_lineage`); {} when absent."""
+    from ctpipe.components.layout import LINEAGE_FILE
 
+    path = os.path.join(model_uri, LINEAGE_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+def identical_to_warm_start(model_uri: str) -> bool:
+    """The Trainer's lineage says no checkpoint beat the warm-start weights (components/
+    trainer.py `fit`), so the candidate is its parent's model."""
+    lineage = read_lineage(model_uri)
+    return bool(lineage.get("warm_start_uri")
+                and (lineage.get("training") or {}).get("kept_warm_start_weights"))
+
+
+def _custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
     value = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "{}"
     return json.loads(value) if isinstance(value, str) else dict(value)
 
 
-def release_new_version(base: str, version: int, custom_config: Dict[str, Any]
-                        ) -> Dict[str, int]:
+def release_new_version(base: str, version: int, custom_config: Dict[str, Any],
+                        lineage: Optional[Dict[str, Any]] = None,
+                        judged: Optional[Dict[str, Any]] = None) -> Dict[str, int]:
     """Name the published version in the release manifest beside the base path; returns the
-    labels after the change."""
+    labels after the change. First, in the same locked change, the fresh-label verdict on the
+    canary on trial (components/fresh_labels.py) from the DataGate's scores in the model's
+    lineage, as the local runner's step does (pipeline/ops/fresh_labels.py); the verdict is
+    copied into `judged`."""
     from ctpipe.components import release
+    from ctpipe.components.fresh_labels import LINEAGE_KEY, settled
+
+    fresh = (lineage or {}).get(LINEAGE_KEY) or {}
+    promotion = custom_config.get(PROMOTION_KEY) or "manual"
+    min_rows = int(custom_config.get(FRESH_MIN_ROWS_KEY) or 0)
+
+    def change_(current):
+        after = current
+        if fresh.get("fresh_span_auc"):
+            after, verdict = settled(current, fresh["fresh_span_auc"], fresh.get("span"),
+                                     min_rows, promotion)
+            if verdict is not None and judged is not None:
+                judged.clear()
+                judged.update(verdict)
+        return release.after_push(after, version)
 
     serving_rest = custom_config.get("serving_rest") or ""
     waiter = release.rest_waiter(serving_rest) if serving_rest else None
     base = base.rstrip("/")
     change = release.apply(release.manifest_path(os.path.dirname(base)), os.path.basename(base),
-                           base, lambda current: release.after_push(current, version), waiter)
+                           base, change_, waiter)
+    if judged:
+        logging.info("%s (%s)", judged["reason"],
+                     "applied" if judged["applied"] else "not applied: promotion " + promotion)
+    if change.get("note"):
+        logging.warning("%s", change["note"])
     logging.info("release manifest: %s -> %s", change["before"].labels, change["after"].labels)
     return change["after"].labels

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -92,16 +92,21 @@ def eval_files(examples_uri: str) -> List[str]:
 
 def score(model_uri: str, files: Iterable[str], batch: int = 1024) -> Tuple[np.ndarray,
                                                                            np.ndarray]:
-    """(labels, probabilities) of the model's serving_default signature on tf.Example files:
+    """(labels, probabilities) of a Trainer Model artifact (its Format-Serving SavedModel)."""
+    return score_saved_model(os.path.join(model_uri, SERVING_DIR), files, batch)
+
+
+def score_saved_model(saved_model_dir: str, files: Iterable[str], batch: int = 1024
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of a SavedModel's serving_default signature on tf.Example files:
     its `probabilities` output (ours), else its only output (any model taking serialized
-    tf.Examples, e.g. the bench's stock model)."""
+    tf.Examples, e.g. the bench's stock model). A pushed version directory is a SavedModel."""
     import tensorflow as tf
 
     files = list(files)
     if not files:
         return np.zeros(0), np.zeros(0)
-    signature = tf.saved_model.load(os.path.join(model_uri, SERVING_DIR)).signatures[
-        "serving_default"]
+    signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
     [input_name] = list(signature.structured_input_signature[1])
     labels, scores = [], []
     label_spec = {F.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
@@ -128,3 +133,101 @@ def check_labels(model_uri: str, span_examples_uri: str, reference: List[Tuple[i
                       max_drop=max_drop,
                       span_auc_stderr=auc_stderr(span_auc, positives,
                                                  len(span_labels) - positives))
+
+
+# -- fresh-span evaluation: every live version on the new span (champion / challenger) --------
+#
+# Labels arrive with the next span, and no live version has seen it: each version's AUC on the
+# new span's eval split is an honest out-of-time number. The promotion rule (pipeline/ops/
+# fresh_labels.py) compares canary with stable on the same rows:
+#   promote  canary AUC >= stable AUC - tolerance
+#   retire   canary AUC <  stable AUC - tolerance
+#   tolerance = max(TOLERANCE_FLOOR, Z_DECIDE * sqrt(se_stable^2 + se_canary^2))
+# (Hanley-McNeil standard errors; treating the two AUCs as independent is conservative, they
+# are scored on the same rows). Below `min_rows` eval rows nothing is decided (see
+# `min_rows_for`).
+
+Z_DECIDE = 1.96
+TOLERANCE_FLOOR = 0.005
+# The widest noise band a promotion decision may have: a canary 0.10 AUC worse than stable is
+# broken, so a band wider than that decides by coin flip.
+MAX_DECISION_TOLERANCE = 0.10
+# The sample data's typical values (data/sample: AUC ~0.85 on a fresh span, ~20% big tippers).
+TYPICAL_AUC, TYPICAL_POSITIVE_RATE = 0.85, 0.20
+
+
+def fresh_tolerance(stderr_stable: float, stderr_canary: float) -> float:
+    return round(max(TOLERANCE_FLOOR, Z_DECIDE * float(np.hypot(stderr_stable, stderr_canary))),
+                 4)
+
+
+def min_rows_for(max_tolerance: float = MAX_DECISION_TOLERANCE, value: float = TYPICAL_AUC,
+                 positive_rate: float = TYPICAL_POSITIVE_RATE) -> int:
+    """The fewest eval rows at which the promotion tolerance (two equal Hanley-McNeil standard
+    errors) is at most `max_tolerance`: below it a fresh span cannot tell a good canary from a
+    broken one. With the defaults: 243 rows (config `fresh_min_rows`). A full sample span has
+    ~300-460 eval rows (tolerance ~0.07-0.09); the small late spans (~70 rows, tolerance
+    ~0.19) decide nothing."""
+    rows = 2
+    while True:
+        positives = max(1, round(rows * positive_rate))
+        stderr = auc_stderr(value, positives, rows - positives)
+        if fresh_tolerance(stderr, stderr) <= max_tolerance:
+            return rows
+        rows += 1
+
+
+@dataclasses.dataclass
+class FreshScore:
+    version: int
+    labels: List[str]
+    auc: Optional[float]
+    rows: int
+    stderr: float
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        found = {"auc": self.auc, "rows": self.rows, "stderr": self.stderr,
+                 "label": self.labels[0] if self.labels else "", "labels": self.labels}
+        if self.error:
+            found["error"] = self.error
+        return found
+
+
+LABEL_ORDER = ("stable", "canary", "control", "previous")
+
+
+def fresh_span_scores(manifest: str, model_name: str, examples_uri: str) -> Dict[str, dict]:
+    """{version: {auc, rows, stderr, label, labels}} of every version the release manifest
+    labels (stable, canary, control, previous), each scored once on the span's eval split
+    from its pushed directory under the manifest's base_path. A version that cannot be
+    scored says why ("error") instead of failing the gate."""
+    from ctpipe.components import release as release_file
+
+    entry = next((r for r in release_file.read(manifest) if r.model_name == model_name), None)
+    if entry is None:
+        return {}
+    by_version: Dict[int, List[str]] = {}
+    labels = dict(entry.labels)
+    if entry.canary is None:
+        labels.pop(release_file.CANARY, None)
+    for label in LABEL_ORDER:
+        if label in labels:
+            by_version.setdefault(labels[label], []).append(label)
+    files = eval_files(examples_uri)
+    found: Dict[str, dict] = {}
+    for version, names in sorted(by_version.items()):
+        try:
+            labels_, scores = score_saved_model(os.path.join(entry.base_path, str(version)),
+                                                files)
+            value = auc(labels_, scores)
+            value = None if value is None else round(value, 4)
+            positives = int(np.asarray(labels_).astype(bool).sum())
+            result = FreshScore(version, names, value, len(labels_),
+                                auc_stderr(value, positives, len(labels_) - positives))
+        except Exception as error:  # noqa: BLE001 - one broken version must not block a span
+            result = FreshScore(version, names, None, 0, 0.0,
+                                f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                                if str(error) else type(error).__name__)
+        found[str(version)] = result.to_dict()
+    return found
