@@ -34,7 +34,8 @@ schema-diff: $(STAMP)
 	$(VENV)/bin/ctpipe schema-diff --data-root data/sample
 
 # ctpipe vs stock TFX, scaling 1x/10x/100x, serving: tables on stdout, JSON in the work folder.
-# BENCH_ARGS="--quick" skips 100x; "--skip-scaling", "--skip-serving", "--work DIR".
+# BENCH_ARGS="--quick" skips 100x; "--flink" adds a per-runner table (local Flink cluster);
+# "--skip-scaling", "--skip-serving", "--work DIR"; "--soak N": N cycles in one watch process.
 bench: $(STAMP)
 	$(PY) -m ctpipe.pipeline.bench $(BENCH_ARGS)
 
@@ -55,3 +56,17 @@ kubeflow-image:
 
 clean:
 	rm -rf ctpipe-home .pytest_cache
+
+# A local Flink cluster for kubeflow/environments/flink-local.toml (pipeline/run/flink_local.py):
+# fetched once into ~/.cache/ctpipe/flink (CTPIPE_FLINK_CACHE), state and logs in
+# ~/.local/state/ctpipe/flink (CTPIPE_FLINK_STATE), ports from CTPIPE_FLINK_{REST,RPC,JOB,
+# ARTIFACT,EXPANSION,WORKER_POOL}_PORT. flink-down stops exactly what flink-up started.
+.PHONY: flink-up flink-down flink-status
+flink-up: $(STAMP)
+	$(VENV)/bin/ctpipe flink up
+
+flink-down: $(STAMP)
+	$(VENV)/bin/ctpipe flink down
+
+flink-status: $(STAMP)
+	$(VENV)/bin/ctpipe flink status

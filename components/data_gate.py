@@ -13,6 +13,12 @@ schema would do nothing. The gate, in order:
   4. warm start: the production model only if its whole training window is still clean,
      else the newest clean blessed model, else a cold start (components/ledger.py).
 
+Fresh-span evaluation (not a check: it blocks nothing): once the schema and drift checks pass,
+every version the release manifest labels (stable, canary, control, previous) scores this
+span's eval split before anything trains on it - honest out-of-time AUCs, recorded as
+`fresh_span_auc` (a custom property and checks["fresh_span_auc"]). The local runner promotes
+or retires the canary from them when the span was accepted (pipeline/ops/fresh_labels.py).
+
 It writes:
   state              (tfx Dataset artifact) the ledger (components/ledger.py). Custom property
                      `accepted` (1/0) drives the pipeline's Cond. The next cycle resolves the
@@ -35,7 +41,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.experimental.simple_artifacts import Dataset
 
 from ctpipe.components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
-from ctpipe.components.ledger import LEDGER_FILE, Ledger, choose_warm_start
+from ctpipe.components.ledger import LEDGER_FILE, Ledger, choose_warm_start, read_ledger
 
 # The ledger's artifact type. Kubeflow V2 resolves artifacts by type title and titles every custom
 # type 'tfx.Artifact', so the ledger uses a standard type that nothing else in this pipeline makes.
@@ -171,16 +177,6 @@ def read_json(path: str) -> Optional[Any]:
         return json.load(handle)
 
 
-def read_ledger(state_uri: Optional[str]) -> Ledger:
-    if not state_uri:
-        return Ledger()
-    path = os.path.join(state_uri, LEDGER_FILE)
-    if not tf.io.gfile.exists(path):
-        return Ledger()
-    with tf.io.gfile.GFile(path) as handle:
-        return Ledger.from_json(handle.read())
-
-
 def model_training_spans(model_uri: str) -> List[int]:
     lineage = read_json(os.path.join(model_uri, LINEAGE_FILE)) or {}
     return list(lineage.get("training_spans", []))
@@ -214,6 +210,8 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     label_check_max_drop: Parameter[float] = 0.15,
     label_check_min_rows: Parameter[int] = 50,
     drift_split: Parameter[str] = "train",
+    manifest: Parameter[str] = "",
+    model_name: Parameter[str] = "",
 ) -> None:
     import tensorflow_data_validation as tfdv
 
@@ -246,6 +244,12 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
         checks["labels"] = result.to_dict()
         if result.span_rows >= label_check_min_rows and result.failed:
             label_found.append(result.reason(span))
+    fresh: Dict[str, Any] = {}
+    if manifest and not schema_found and not drift_found:
+        from ctpipe.components.label_check import fresh_span_scores
+
+        fresh = fresh_span_scores(manifest, model_name, examples.uri)
+        checks["fresh_span_auc"] = fresh
     train_rows = int(load_split_statistics(statistics.uri, "train").datasets[0].num_examples)
     decision = decide(span, examples.uri, statistics.uri, schema_found, drift_found, previous,
                       window_spans, label_found, rows=train_rows,
@@ -253,6 +257,7 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     warm_start = choose_warm_start(decision.ledger, production, _model_usable)
     checks["warm_start"] = warm_start
 
+    tf.io.gfile.makedirs(state.uri)  # a local or mounted pipeline root has no folder yet
     with tf.io.gfile.GFile(os.path.join(state.uri, LEDGER_FILE), "w") as handle:
         handle.write(decision.ledger.to_json())
     state.set_int_custom_property("accepted", int(decision.accepted))
@@ -262,6 +267,7 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
     state.set_string_custom_property("quarantined_spans",
                                      json.dumps(decision.ledger.quarantined_spans()))
     state.set_string_custom_property("checks", json.dumps(checks))
+    state.set_string_custom_property("fresh_span_auc", json.dumps(fresh))
     state.set_int_custom_property(
         "baseline_span", decision.baseline_span if decision.baseline_span is not None else -1)
 
@@ -275,6 +281,9 @@ def DataGate(  # noqa: N802 - TFX component names are classes by convention
         with tf.io.gfile.GFile(os.path.join(training_examples.uri, WINDOW_FILE), "w") as handle:
             # The spans' own TFDV statistics: the Trainer learns vocabularies and
             # normalisation from them instead of loading the window.
+            # "fresh_labels": the span's scores, for the Pusher's verdict on Kubeflow
+            # (components/fresh_labels.py), carried by the Trainer's lineage.
             json.dump({"spans": decision.training_spans, "warm_start": warm_start,
+                       "fresh_labels": {"span": span, "fresh_span_auc": fresh},
                        "statistics_uris": [entry["statistics_uri"] for entry in window]},
                       handle)

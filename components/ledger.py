@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Dict, Iterable, List, Optional
 
 Entry = Dict[str, Any]
@@ -176,3 +177,24 @@ def choose_warm_start(ledger: Ledger, production: Optional[Entry],
 
 def _spans_text(spans: Iterable[int]) -> str:
     return ", ".join(str(span) for span in spans) or "none"
+
+
+def read_ledger(uri: Optional[str]) -> "Ledger":
+    """The ledger stored in the artifact folder `uri` (the gate's state, or an operator
+    action's); an empty ledger when there is none. The one reader, for the gate, the runner,
+    operator commands and the metrics: local files are read without importing TensorFlow (a
+    metrics cron job stays light), object storage through TensorFlow's file system."""
+    if not uri:
+        return Ledger()
+    path = os.path.join(uri, LEDGER_FILE)
+    if "://" not in uri:
+        if not os.path.exists(path):
+            return Ledger()
+        with open(path) as handle:
+            return Ledger.from_json(handle.read())
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return Ledger()
+    with tf.io.gfile.GFile(path) as handle:
+        return Ledger.from_json(handle.read())

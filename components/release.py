@@ -10,6 +10,9 @@ model uses the `specific` version policy and three labels:
             the canary label (serving/k8s/canary-route) never reaches a missing label
   previous  the stable before the current one: `rollback` moves stable back to it at once,
             because it is still loaded
+  control   an old version pinned for good by `ctpipe control pin V` (the A/B test that never
+            ends): it stays loaded, every fresh-span evaluation scores it, and lift = stable -
+            control says what retraining buys; promote, rollback and pushes never move it
 
 Rules every change keeps (checked in `check`, applied in `apply`):
   * a version is named only after its directory is complete on disk (the Pusher renames it into
@@ -26,12 +29,13 @@ import contextlib
 import dataclasses
 import os
 import time
-import uuid
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from ctpipe.components.basics import atomic_write, file_lock
 
 MANIFEST_FILE = "models.config"
-STABLE, CANARY, PREVIOUS = "stable", "canary", "previous"
-LABELS = (STABLE, CANARY, PREVIOUS)
+STABLE, CANARY, PREVIOUS, CONTROL = "stable", "canary", "previous", "control"
+LABELS = (STABLE, CANARY, PREVIOUS, CONTROL)
 
 
 class ReleaseError(RuntimeError):
@@ -63,6 +67,10 @@ class Release:
         return self.labels.get(PREVIOUS)
 
     @property
+    def control(self) -> Optional[int]:
+        return self.labels.get(CONTROL)
+
+    @property
     def versions(self) -> List[int]:
         """Versions the server must load: the labelled ones and any being loaded."""
         return sorted(set(self.labels.values()) | set(self.loading))
@@ -74,7 +82,7 @@ class Release:
     def to_dict(self) -> Dict[str, object]:
         return {"model_name": self.model_name, "base_path": self.base_path,
                 "stable": self.stable, "canary": self.canary, "previous": self.previous,
-                "versions": self.versions}
+                "control": self.control, "versions": self.versions}
 
 
 def manifest_path(serving_dir: str) -> str:
@@ -87,8 +95,10 @@ def manifest_path(serving_dir: str) -> str:
 
 
 def after_push(release: Release, version: int) -> Release:
-    """A new version becomes canary; stable is unchanged. The very first push becomes stable.
-    A canary that never got promoted is replaced (it was never stable, so nothing to keep)."""
+    """A new version becomes canary; stable (and control) unchanged. The very first push becomes
+    stable. A canary that never got promoted is replaced (it was never stable, so nothing to
+    keep) - the local runner first checks the new version is not worse than that canary
+    (pipeline/ops/fresh_labels.py, README "Release")."""
     if release.stable is None:
         return release.relabelled({STABLE: version})
     labels = {k: v for k, v in release.labels.items() if k != CANARY}
@@ -108,7 +118,7 @@ def promoted(release: Release, version: Optional[int] = None) -> Release:
         labels[PREVIOUS] = release.stable
     if release.canary is not None and release.canary != target:
         labels[CANARY] = release.canary
-    return release.relabelled(labels)
+    return release.relabelled(_keep_control(release, labels))
 
 
 def rolled_back(release: Release, to: Optional[int] = None) -> Release:
@@ -121,7 +131,26 @@ def rolled_back(release: Release, to: Optional[int] = None) -> Release:
     labels = {STABLE: target}
     if release.canary is not None and release.canary not in (target, release.stable):
         labels[CANARY] = release.canary
-    return release.relabelled(labels)
+    return release.relabelled(_keep_control(release, labels))
+
+
+def _keep_control(release: Release, labels: Dict[str, int]) -> Dict[str, int]:
+    if release.control is not None:
+        labels[CONTROL] = release.control
+    return labels
+
+
+def control_pinned(release: Release, version: int) -> Release:
+    """`control` := version, for good (until `unpin`); nothing else moves."""
+    if release.control == version:
+        raise ReleaseError(f"version {version} is already the control")
+    return release.relabelled({**release.labels, CONTROL: version})
+
+
+def control_unpinned(release: Release) -> Release:
+    if release.control is None:
+        raise ReleaseError("no control version is pinned")
+    return release.relabelled({k: v for k, v in release.labels.items() if k != CONTROL})
 
 
 def without_canary(release: Release) -> Release:
@@ -199,13 +228,7 @@ def write(path: str, releases: List[Release]) -> None:
         with tf.io.gfile.GFile(path, "w") as handle:  # one object PUT
             handle.write(text)
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    atomic_write(path, text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,11 +237,38 @@ def write(path: str, releases: List[Release]) -> None:
 WaitAvailable = Callable[[str, int], None]
 
 
-def check(release: Release, on_disk: List[int]) -> None:
+def check(release: Release, on_disk: List[int],
+          complete: Callable[[int], bool] = lambda version: True) -> None:
+    """Every version the manifest would name is a complete folder under `release.base_path`
+    (the path written to the file - what the server reads)."""
     missing = [v for v in release.versions if v not in set(on_disk)]
     if missing:
         raise ReleaseError(f"version(s) {', '.join(map(str, missing))} of {release.model_name} "
                            f"are not under {release.base_path}")
+    incomplete = [v for v in release.versions if not complete(v)]
+    if incomplete:
+        raise ReleaseError(f"version(s) {', '.join(map(str, incomplete))} of "
+                           f"{release.model_name} under {release.base_path} are incomplete "
+                           "(no saved_model.pb)")
+
+
+def version_complete(base_path: str) -> Callable[[int], bool]:
+    import tensorflow as tf
+
+    from ctpipe.components.layout import version_dirs
+
+    names = version_dirs(base_path)
+    return lambda version: version in names and tf.io.gfile.exists(
+        os.path.join(base_path, names[version], "saved_model.pb"))
+
+
+def moved_note(before: Release, base_path: str) -> Optional[str]:
+    """The line said when the manifest named another base path than this home's (a home moved,
+    restored from backup or mounted elsewhere): the manifest is rewritten to this home's."""
+    if before.base_path and before.base_path.rstrip("/") != base_path.rstrip("/"):
+        return (f"release manifest base_path was {before.base_path}, not this home's "
+                f"{base_path} (home moved?): rewritten to {base_path}")
+    return None
 
 
 @contextlib.contextmanager
@@ -229,36 +279,33 @@ def exclusive(path: str) -> Iterator[None]:
     if "://" in path:
         yield
         return
-    import fcntl
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(f"{path}.lock"):
+        yield
 
 
 def apply(path: str, model_name: str, base_path: str, change: Callable[[Release], Release],
-          wait_available: Optional[WaitAvailable] = None) -> Dict[str, Release]:
+          wait_available: Optional[WaitAvailable] = None) -> Dict[str, Any]:
     """Read, change, write - in two phases when the change loads a new version:
     1. the manifest gains the new version(s), labels unchanged;
     2. once the server reports them AVAILABLE (`wait_available`, when a server is known),
-       the labels move. Returns {"before": ..., "after": ...}."""
+       the labels move. Returns {"before": ..., "after": ..., "note": a line or None}."""
     with exclusive(path):
         return _apply(path, model_name, base_path, change, wait_available)
 
 
 def _apply(path: str, model_name: str, base_path: str, change: Callable[[Release], Release],
-           wait_available: Optional[WaitAvailable]) -> Dict[str, Release]:
+           wait_available: Optional[WaitAvailable]) -> Dict[str, Any]:
     from ctpipe.components.layout import versions_on_disk
 
     releases = read(path)
     before = next((r for r in releases if r.model_name == model_name),
                   Release(model_name, base_path))
-    after = change(before)
-    check(after, versions_on_disk(base_path))
+    # The manifest always names the caller's base path - where this home's server reads and the
+    # Pusher writes. A manifest naming another one (a moved home) is rewritten, and says so.
+    note = moved_note(before, base_path)
+    before = dataclasses.replace(before, base_path=base_path)
+    after = dataclasses.replace(change(before), base_path=base_path)
+    check(after, versions_on_disk(base_path), version_complete(base_path))
     others = [r for r in releases if r.model_name != model_name]
     loaded = set(before.labels.values())
     new_versions = [v for v in after.versions if v not in loaded]
@@ -270,7 +317,7 @@ def _apply(path: str, model_name: str, base_path: str, change: Callable[[Release
             for version in new_versions:
                 wait_available(model_name, version)
     write(path, others + [after])
-    return {"before": before, "after": after}
+    return {"before": before, "after": after, "note": note}
 
 
 def rest_waiter(rest_url: str, timeout_seconds: float = 120.0,

@@ -29,6 +29,7 @@ import tf_keras
 
 from ctpipe.components import features as F
 from ctpipe.components.layout import LINEAGE_FILE, WARM_START_DIR, WINDOW_FILE
+from ctpipe.components.signatures import CLASSIFY_METHOD, WARMUP_FILE
 
 
 def _autograph_leaves_tf_keras_alone() -> None:
@@ -49,8 +50,6 @@ _autograph_leaves_tf_keras_alone()
 
 PREPROCESSING_FILE = "preprocessing.json"
 WEIGHTS_PREFIX = "weights"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-CLASSIFY_METHOD = "tensorflow/serving/classify"
 Z_CLIP = 5.0
 
 DEFAULT_HPARAMS: Dict[str, Any] = {
@@ -493,7 +492,9 @@ def write_lineage(model_uri: str, window: Optional[Dict[str, Any]],
         json.dump({"training_spans": (window or {}).get("spans", []),
                    "warm_start_uri": warm_start_uri,
                    "warm_start": (window or {}).get("warm_start"),
-                   "training": training or {}}, handle)
+                   "training": training or {},
+                   # The DataGate's fresh-span scores (components/fresh_labels.py).
+                   "fresh_labels": (window or {}).get("fresh_labels")}, handle)
 
 
 # ---------------------------------------------------------------------------------------------

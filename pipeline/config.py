@@ -1,7 +1,7 @@
 """PipelineConfig: every knob of the pipeline in one dataclass (defaults < TOML file < CLI flags).
 
-Both runners (local and Kubeflow) build the pipeline from this object alone; paths are derived
-from `home` so nothing is hard-coded elsewhere.
+Both runners (local and Kubeflow) build the pipeline from this object alone. Paths inside
+`home` are spelled in one place only, `Home` (pipeline/home/home.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ __all__ = ["ConfigError", "PipelineConfig"]
 # and build an sdist for every Beam component (tfx/utils/dependency_utils.py): ~2.6 s and ~52 MB
 # left behind per component, every cycle.
 DIRECT_RUNNER_ARGS: List[str] = []
-
+# `promotion` values; "auto" is the old name of "live".
+PROMOTION_MODES = ("fresh_labels", "live", "auto", "both", "manual")
 
 
 
@@ -46,6 +47,9 @@ class PipelineConfig:
     # (their ML Metadata records stay); what the window, drift references, production model
     # and its warm-start parent need is never removed.
     keep_cycles: int = 5
+    # `ctpipe watch` re-executes itself (same PID, same command line) after this many decisions
+    # to bound the memory tf_keras keeps per training run; 0 = never.
+    watch_restart_cycles: int = 25
     # Splitting of each span (hash buckets train:eval); eval is the Evaluator's data.
     train_buckets: int = 2
     eval_buckets: int = 1
@@ -70,14 +74,24 @@ class PipelineConfig:
     warm_start: bool = True
     seed: int = 7
     # Evaluator thresholds. Value thresholds hold on the first run (no baseline yet);
-    # the change threshold is a tolerance vs the served model on the same eval split.
+    # the change threshold is a tolerance vs stable (the production model) on the same eval split.
     min_auc: float = 0.70
     max_auc_drop: float = 0.02
     min_eval_examples: int = 50
-    # Release (components/release.py): the Pusher names each new version `canary` in
-    # <home>/serving/models.config. "auto": `ctpipe guard`/`watch` promote a canary that passed
-    # its live checks; "manual": only `ctpipe promote` does.
-    promotion: str = "manual"
+    # Release (components/release.py): each new version goes on trial as `canary` in
+    # <home>/serving/models.config (README "Release"). Who promotes it:
+    #   "fresh_labels"  the next accepted span's labels: every live version is scored on it
+    #                   before training; a canary not worse than stable by more than the noise
+    #                   tolerance is promoted, a clearly worse one retired (pipeline/ops/
+    #                   fresh_labels.py) - champion/challenger without traffic;
+    #   "live" ("auto") `ctpipe guard`/`watch` on live canary traffic;
+    #   "both"          fresh labels retire; promotion needs fresh labels AND the live guard;
+    #   "manual"        only `ctpipe promote` (fresh-span numbers are still recorded).
+    promotion: str = "fresh_labels"
+    # Fresh-span decisions need this many eval rows: the count at which the tolerance
+    # max(0.005, 1.96 * sqrt(se_stable^2 + se_canary^2)) falls to 0.10 AUC at the sample's
+    # AUC ~0.85 and ~20% positives (components/label_check.py `min_rows_for`).
+    fresh_min_rows: int = 243
     # A running server's REST address (e.g. http://127.0.0.1:8501): the Pusher waits until the
     # new version is AVAILABLE there before it moves a label. "" = do not wait.
     serving_rest: str = ""
@@ -105,7 +119,10 @@ class PipelineConfig:
     kfp_beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [
         "--direct_running_mode=multi_processing", "--direct_num_workers=0"])
     trainer_gpus: int = 1
-    gpu_type: str = "NVIDIA_TESLA_T4"
+    # The Trainer's GPU: on open-source KFP the Kubernetes extended resource name (used verbatim
+    # as the limit's name by the driver); on Vertex AI its accelerator enum.
+    kfp_gpu_resource: str = "nvidia.com/gpu"
+    gpu_type: str = "NVIDIA_TESLA_T4"  # Vertex AI only
     trainer_cpu: float = 4.0
     trainer_memory_gb: float = 16.0
     evaluator_cpu: float = 4.0
@@ -113,18 +130,19 @@ class PipelineConfig:
     beam_cpu: float = 2.0
     beam_memory_gb: float = 8.0
 
-    # -- derived paths (local runner) --------------------------------------------------------
-    @property
-    def pipeline_root(self) -> str:
-        return os.path.join(self.home, "pipeline_root")
+    def with_absolute_paths(self) -> "PipelineConfig":
+        """The same config with `home` and `data_root` absolute: what runners and operator
+        commands work with, so a later chdir (TFX, Beam) cannot move them."""
+        return dataclasses.replace(self, home=os.path.abspath(self.home),
+                                   data_root=os.path.abspath(self.data_root))
 
     @property
-    def metadata_path(self) -> str:
-        return os.path.join(self.home, "metadata.sqlite")
+    def promotes_on_fresh_labels(self) -> bool:
+        return self.promotion in ("fresh_labels", "both")
 
     @property
-    def serving_model_dir(self) -> str:
-        return os.path.join(self.home, "serving", self.model_name)
+    def promotes_on_live_traffic(self) -> bool:
+        return self.promotion in ("live", "auto", "both")
 
     def trainer_hparams(self) -> Dict[str, Any]:
         return {"epochs": self.epochs, "warm_start_epochs": self.warm_start_epochs,
@@ -143,10 +161,16 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.min_auc <= 1.0:
             raise ConfigError(f"min_auc must be within [0, 1], got {self.min_auc}")
+        if self.watch_restart_cycles < 0:
+            raise ConfigError("watch_restart_cycles must be >= 0 (0 = never), got "
+                              f"{self.watch_restart_cycles}")
         if self.window_min_rows < 0:
             raise ConfigError(f"window_min_rows must be >= 0, got {self.window_min_rows}")
-        if self.promotion not in ("manual", "auto"):
-            raise ConfigError(f"promotion must be 'manual' or 'auto', got {self.promotion!r}")
+        if self.promotion not in PROMOTION_MODES:
+            raise ConfigError(f"promotion must be one of {', '.join(PROMOTION_MODES)}, "
+                              f"got {self.promotion!r}")
+        if self.fresh_min_rows < 1:
+            raise ConfigError(f"fresh_min_rows must be positive, got {self.fresh_min_rows}")
         if self.max_auc_drop < 0:
             raise ConfigError(f"max_auc_drop must be >= 0, got {self.max_auc_drop}")
         for name in ("span", "from_span"):

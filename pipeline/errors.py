@@ -1,26 +1,22 @@
-"""Every error ctpipe reports, and the one status table shared by the server and the clients.
-
-A `CtpipeError` is one line of text for a person plus the process exit code the CLI returns for
-it (README "Exit codes"); anything else that escapes is an internal error (exit 1).
-`ServingError` carries a gRPC status name; REST turns it into an HTTP status with
-`HTTP_STATUS`, the mapping TF Serving's model server uses (model_servers/http_server.cc,
-ToHTTPStatusCode), and the REST client turns HTTP statuses back with `GRPC_CODE_OF_HTTP`.
-"""
+"""Every error the pipeline reports. A `CtpipeError` is one line of text for a person plus the
+process exit code the CLI returns for it (`ExitCode`, components/basics.py: the one table);
+anything else that escapes is an internal error (exit 1). The server's own errors and TF
+Serving's status tables live in serving/errors.py."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from ctpipe.components.basics import ExitCode
 
 
 class CtpipeError(Exception):
     """Root of ctpipe's own errors: one line of text, and an exit code."""
 
-    exit_code = 1
+    exit_code = ExitCode.INTERNAL
 
 
 class BadInput(CtpipeError):
     """Input the pipeline cannot even read, or a usage mistake (exit 2)."""
 
-    exit_code = 2
+    exit_code = ExitCode.BAD_INPUT
 
 
 class ConfigError(BadInput, ValueError):
@@ -34,64 +30,4 @@ class KubeflowError(BadInput):
 class HomeBusy(CtpipeError):
     """Another `ctpipe run` or `ctpipe watch` holds this home (exit 7)."""
 
-    exit_code = 7
-
-
-# gRPC status name -> HTTP status, as TF Serving's REST API answers (http_server.cc).
-HTTP_STATUS: Dict[str, int] = {
-    "OK": 200,
-    "CANCELLED": 499,
-    "UNKNOWN": 500,
-    "INVALID_ARGUMENT": 400,
-    "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "PERMISSION_DENIED": 403,
-    "RESOURCE_EXHAUSTED": 429,
-    "FAILED_PRECONDITION": 400,
-    "ABORTED": 409,
-    "OUT_OF_RANGE": 400,
-    "UNIMPLEMENTED": 501,
-    "INTERNAL": 500,
-    "UNAVAILABLE": 503,
-    "DATA_LOSS": 500,
-    "UNAUTHENTICATED": 401,
-}
-# gRPC status name -> its number (grpc.StatusCode, and tensorflow.error.Code in the StatusProto
-# of GetModelStatus and ReloadConfigResponse: the same numbers).
-GRPC_CODE_NUMBER: Dict[str, int] = {
-    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
-    "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
-    "FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12,
-    "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
-}
-# The way back (several codes share an HTTP status: the most telling one is kept), plus the
-# statuses an HTTP layer answers by itself (405/408/411/413/414/431/502 from an HTTP server or a
-# proxy in front of one).
-GRPC_CODE_OF_HTTP: Dict[int, str] = {
-    200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-    404: "NOT_FOUND", 405: "UNIMPLEMENTED", 408: "DEADLINE_EXCEEDED", 409: "ABORTED",
-    411: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED", 414: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED", 431: "INVALID_ARGUMENT", 499: "CANCELLED", 500: "INTERNAL",
-    501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
-}
-
-
-def http_status(code: str) -> int:
-    return HTTP_STATUS.get(code, 500)
-
-
-def grpc_code(http: int) -> str:
-    return GRPC_CODE_OF_HTTP.get(http, "UNKNOWN")
-
-
-
-class ServingError(Exception):
-    """An error with a gRPC status name; REST maps it to an HTTP status (HTTP_STATUS) unless
-    the HTTP layer itself has a more exact one (413 for a body over the limit)."""
-
-    def __init__(self, code: str, message: str, http: Optional[int] = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.http = http if http is not None else http_status(code)
+    exit_code = ExitCode.HOME_BUSY

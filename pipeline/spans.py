@@ -16,7 +16,8 @@ from ctpipe.components import features as F
 from ctpipe.pipeline.errors import BadInput
 
 __all__ = ["BadInput", "check_span", "discover_spans", "span_files"]
-SPAN_DIR = re.compile(r"^span-(\d+)$")
+# A span folder: span-<N>, as a directory name or a listing entry (object stores list "span-3/").
+SPAN_DIR = re.compile(r"^span-(\d+)/?$")
 
 
 def discover_spans(data_root: str) -> Dict[int, str]:

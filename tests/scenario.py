@@ -48,6 +48,9 @@ class LongRun:
     temp_growth: List[str] = dataclasses.field(default_factory=list)
     disk_bytes: List[int] = dataclasses.field(default_factory=list)
     served_after: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+    # {version folder: its files, relative, when the version first appeared} - retention may
+    # remove an old version's folder later, once no label needs it.
+    version_files: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
 
     def args(self, *extra: str) -> List[str]:
         return ["--data-root", str(self.data_root), "--home", str(self.home),
@@ -63,13 +66,15 @@ def _arrive(run: LongRun, span: int, corruption: str = "") -> None:
 
 
 def _break_production_state(run: LongRun):
-    """A disk fault: the production model's warm-start state (the next Trainer reads it)
-    becomes unreadable. Returns the repair."""
-    from ctpipe.pipeline.outcomes import open_store, sqlite_connection
-    from ctpipe.pipeline.retention import production_model
+    """A disk fault: the production (stable) model's warm-start state, which the next Trainer
+    reads, becomes unreadable. Returns the repair."""
+    from ctpipe.components.stable_model import models_by_version, stable_version
+    from ctpipe.pipeline.home.store import open_store, sqlite_connection
 
     store = open_store(sqlite_connection(str(run.home / "metadata.sqlite")))
-    state_file = Path(production_model(store).uri) / "warm_start" / "preprocessing.json"
+    stable = stable_version(str(run.home / "serving" / "models.config"), "big_tipper")
+    state_file = (Path(models_by_version(store, [stable])[stable].uri) / "warm_start"
+                  / "preprocessing.json")
     saved = state_file.read_text()
     state_file.write_text("{not json")
     return lambda: state_file.write_text(saved)
@@ -81,7 +86,7 @@ def _decisions(lines: str) -> List[dict]:
 
 def run_long_scenario(root: Path) -> LongRun:
     from ctpipe.pipeline.config import PipelineConfig
-    from ctpipe.pipeline.local_runner import run_cycle
+    from ctpipe.pipeline.run.local_runner import run_cycle
 
     run = LongRun(home=root / "home", data_root=root / "incoming",
                   config_path=root / "ctpipe.toml")
@@ -101,6 +106,11 @@ def run_long_scenario(root: Path) -> LongRun:
         run.disk_bytes.append(directory_bytes(run.home / "pipeline_root"))
         base = run.home / "serving" / "big_tipper"
         run.served_after[label] = sorted(os.listdir(base)) if base.exists() else []
+        for version in run.served_after[label]:
+            if version not in run.version_files:
+                run.version_files[version] = sorted(
+                    str(path.relative_to(base / version))
+                    for path in (base / version).rglob("*") if path.is_file())
         print(f"--- {label}: {json.dumps(result, default=str)[:300]}", flush=True)
 
     def cycle(label: str) -> None:

@@ -3,11 +3,13 @@ cycle must keep (checked after each step of the long-run scenario)."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set
 
@@ -16,7 +18,7 @@ SAMPLE = REPO / "data" / "sample"
 
 
 def ctpipe_command(*args: str) -> List[str]:
-    return [sys.executable, "-m", "ctpipe.pipeline.cli", *args]
+    return [sys.executable, "-m", "ctpipe.pipeline.commands.main", *args]
 
 
 def ctpipe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -27,7 +29,7 @@ def ctpipe(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def deliver(data_root: Path, sample_span: int, as_span: int, corruption: str = "") -> None:
     """A span arrives: a copy of a sample span, optionally corrupted on the way."""
-    from ctpipe.pipeline import corruptions
+    from ctpipe.pipeline.run import corruptions
 
     target = Path(data_root) / f"span-{as_span}"
     target.mkdir(parents=True, exist_ok=True)
@@ -63,14 +65,14 @@ class Invariants:
         self.home = Path(home)
         self.base = self.home / "serving" / model_name
         # Retention may remove served versions beyond the newest `keep_versions` that the
-        # release manifest does not name (pipeline/retention.py prune_served_versions).
+        # release manifest does not name (pipeline/run/retention.py prune_served_versions).
         self.keep_versions = keep_versions
         self.loaded: Set[int] = set()
         self.max_version_seen = 0
 
     def check(self) -> List[str]:
-        from ctpipe.pipeline import cycles, ledger_store
-        from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+        from ctpipe.pipeline.home import cycles, ledger_store
+        from ctpipe.pipeline.home.store import open_store, sqlite_connection
 
         store = open_store(sqlite_connection(str(self.home / "metadata.sqlite")))
         records = cycles.cycle_records(store, "ctpipe")
@@ -233,3 +235,79 @@ def spans_of(decisions: Iterable) -> List[Optional[int]]:
 
 def as_dict(decisions: Iterable) -> Dict[int, object]:
     return {d.span: d for d in decisions}
+
+
+# -- a home without a pipeline run -------------------------------------------------------------
+
+
+def config_for(home: Path, config_path: Optional[Path] = None):
+    from ctpipe.pipeline.config import PipelineConfig
+
+    return PipelineConfig.from_sources(str(config_path) if config_path else None,
+                                       {"home": str(home)})
+
+
+def decision(outcome: str, span: Optional[int], version: Optional[int] = None,
+             run_id: Optional[str] = None, seconds: Optional[float] = None):
+    from ctpipe.pipeline.home.outcomes import Decision
+
+    return Decision(outcome, span=span, model_version=version, reasons=[f"{outcome} (test)"],
+                    metrics={}, training_spans=[], run_id=run_id, finished_at=time.time(),
+                    seconds=seconds)
+
+
+class FakeHome:
+    """A small home written with real ML Metadata (the pipeline's own API) and real files, no
+    pipeline run: for tests that only read a home (metrics, status, reports, skew, lineage)."""
+
+    def __init__(self, root: Path):
+        from ctpipe.pipeline.home import Home
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = config_for(root)
+        self.paths = Home.of(self.config)
+        self.store = self.paths.create_store()
+
+    def decide(self, *decisions) -> None:
+        from ctpipe.pipeline.home import cycles
+
+        for item in decisions:
+            cycles.record_decision(self.store, self.config.pipeline_name, item)
+            time.sleep(0.002)  # distinct finish times, as real cycles have
+
+    def action(self, name: str, span: int) -> None:
+        from ctpipe.pipeline.home import cycles
+
+        cycles.record_action(self.store, self.config.pipeline_name, name, span, "test")
+
+    def quarantine(self, *spans: int) -> None:
+        from ctpipe.components.ledger import Ledger
+        from ctpipe.pipeline.home import cycles, ledger_store
+
+        ledger = Ledger()
+        for span in spans:
+            ledger = ledger.quarantine(span, ["test"], by="operator")
+        action = cycles.record_action(self.store, self.config.pipeline_name, "quarantine",
+                                      spans[-1], "test")
+        ledger_store.publish_ledger(self.store, self.config.pipeline_name,
+                                    self.paths.pipeline_root, ledger, action.id)
+
+    def release(self, **labels: int) -> None:
+        from ctpipe.components import release
+
+        release.write(self.paths.manifest_path,
+                      [release.Release(self.config.model_name, self.paths.model_dir, labels)])
+
+    def versions(self, *versions: int) -> None:
+        """Complete version folders under the model base path (a saved_model.pb each)."""
+        for version in versions:
+            folder = Path(self.paths.model_dir) / str(version)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "saved_model.pb").write_bytes(b"pb")
+
+    def skew(self, *results: dict, history: bool = True) -> None:
+        Path(self.paths.skew_dir).mkdir(exist_ok=True)
+        Path(self.paths.skew_latest).write_text(json.dumps(results[-1]))
+        if history:
+            Path(self.paths.skew_history).write_text(
+                "".join(json.dumps(r) + "\n" for r in results))

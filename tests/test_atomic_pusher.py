@@ -78,8 +78,8 @@ def test_killed_push_leaves_no_version_and_is_cleaned_up(model_dir, tmp_path):
 
 def test_the_next_cycle_removes_what_a_killed_push_left(tmp_path):
     from ctpipe.pipeline.config import PipelineConfig
-    from ctpipe.pipeline.local_runner import settle
-    from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+    from ctpipe.pipeline.home.store import open_store, sqlite_connection
+    from ctpipe.pipeline.run.local_runner import settle
 
     config = PipelineConfig(home=str(tmp_path / "home"), data_root=str(tmp_path))
     base = tmp_path / "home" / "serving" / config.model_name

@@ -4,9 +4,13 @@ from ctpipe.pipeline.config import ConfigError, PipelineConfig
 
 
 def test_defaults_derive_paths_from_home():
-    config = PipelineConfig(home="/h")
-    assert config.metadata_path == "/h/metadata.sqlite"
-    assert config.serving_model_dir == "/h/serving/big_tipper"
+    from ctpipe.pipeline.home import Home
+
+    home = Home.of(PipelineConfig(home="/h"))
+    assert home.metadata_path == "/h/metadata.sqlite"
+    assert home.model_dir == "/h/serving/big_tipper"
+    assert home.manifest_path == "/h/serving/models.config"
+    assert home.log_path(3) == "/h/logs/span-3.log"
 
 
 def test_toml_then_flags(tmp_path):

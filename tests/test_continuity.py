@@ -127,8 +127,8 @@ def test_retention_bounds_pipeline_root(long_run):
 
     from ml_metadata.proto import metadata_store_pb2 as pb
 
-    from ctpipe.pipeline import ledger_store
-    from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+    from ctpipe.pipeline.home import ledger_store
+    from ctpipe.pipeline.home.store import open_store, sqlite_connection
 
     root = long_run.home / "pipeline_root"
     store = open_store(sqlite_connection(str(long_run.home / "metadata.sqlite")))

@@ -1,8 +1,9 @@
-"""Span bookkeeping rules (pipeline/cycles.py) on records, and their round trip through a real
+"""Span bookkeeping rules (pipeline/home/cycles.py) on records, and their round trip through a real
 ML Metadata store."""
-from ctpipe.pipeline import cycles
-from ctpipe.pipeline.cycles import COMPLETE, FAILED_STATE, RUNNING, CycleRecord, OperatorAction
-from ctpipe.pipeline.outcomes import Decision, open_store, sqlite_connection
+from ctpipe.pipeline.home import cycles
+from ctpipe.pipeline.home.cycles import COMPLETE, FAILED_STATE, RUNNING, CycleRecord, OperatorAction
+from ctpipe.pipeline.home.outcomes import Decision
+from ctpipe.pipeline.home.store import open_store, sqlite_connection
 
 
 def _record(span, outcome=None, state=COMPLETE, at=1.0, reasons=(), checks=None):

@@ -23,10 +23,10 @@ def test_first_cycle_pushes_version_1(long_run):
     assert decision.training_spans == [1]
     assert decision.metrics["candidate"]["auc"] >= 0.70
     assert decision.checks["warm_start"]["uri"] is None
-    version_dir = long_run.home / "serving" / "big_tipper" / "1"
-    assert (version_dir / "saved_model.pb").is_file()
-    assert (version_dir / "variables" / "variables.index").is_file()
-    assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    files = long_run.version_files["1"]  # as pushed (retention may remove it once unlabelled)
+    assert "saved_model.pb" in files
+    assert "variables/variables.index" in files
+    assert "assets.extra/tf_serving_warmup_requests" in files
 
 
 def test_contract_violation_is_blocked_and_changes_nothing(long_run):
@@ -55,14 +55,22 @@ def test_status_history_comes_from_mlmd(long_run):
     spans = [entry["span"] for entry in status["history"] if entry["outcome"] != "no_new_data"]
     assert spans[:2] == [1, 2]
     pushed = [e["model_version"] for e in status["history"] if e["outcome"] == "pushed"]
-    assert status["serving_version"] == pushed[-1]
+    assert status["last_pushed_version"] == pushed[-1]
+    assert "serving_version" not in status  # the newest push is not what serves: stable is
     assert status["model_base_path"].endswith(os.path.join("serving", "big_tipper"))
     assert status["pending_spans"] == []
     assert set(status["quarantined_spans"]) >= {5, 6, 9, 12}
-    assert [a["action"] for a in status["operator_actions"]][:1] == ["release"]
+    by_people = [a["action"] for a in status["operator_actions"]
+                 if a["details"].get("by") != "fresh_labels"]
+    assert by_people[:1] == ["release"]
+    assert any(a["details"].get("by") == "fresh_labels" and a["action"] == "promote"
+               for a in status["operator_actions"])  # stable moved without an operator
     human = ctpipe("status", "--home", str(long_run.home))
     assert "data_blocked" in human.stdout
-    assert f"serving version: {pushed[-1]}" in human.stdout
+    assert f"stable version: {status['stable_version']}   canary: " \
+        f"{status['canary_version']}   control: {status['control_version']}" in human.stdout
+    assert f"last pushed version: {pushed[-1]}" in human.stdout
+    assert "serving version" not in human.stdout
     assert "operator: release span 8" in human.stdout
 
 
@@ -99,8 +107,9 @@ def test_warmup_file_covers_every_signature(long_run):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    path = long_run.home / "serving" / "big_tipper" / "1" / "assets.extra" / \
-        "tf_serving_warmup_requests"
+    base = long_run.home / "serving" / "big_tipper"
+    newest = max((name for name in os.listdir(base) if name.isdigit()), key=int)  # on disk
+    path = base / newest / "assets.extra" / "tf_serving_warmup_requests"
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(str(path))]
     assert 1 <= len(logs) <= 1000

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from ctpipe.pipeline import cycles
-from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+from ctpipe.pipeline.home import cycles
+from ctpipe.pipeline.home.store import open_store, sqlite_connection
 
 from tests.support import ctpipe
 

@@ -4,10 +4,10 @@ import json
 import pytest
 
 from ctpipe.pipeline.config import PipelineConfig
-from ctpipe.pipeline.pipeline import create_pipeline
+from ctpipe.pipeline.definition import STABLE_BY_STEP, create_pipeline
 
 EXPECTED_ORDER = ["CsvExampleGen", "StatisticsGen", "SchemaGen", "CuratedSchema",
-                  "ExampleValidator", "PreviousGateState", "LatestBlessedModel", "DataGate",
+                  "ExampleValidator", "PreviousGateState", "StableModel", "DataGate",
                   "Trainer", "Evaluator", "Pusher"]
 GATED = {"Trainer", "Evaluator", "Pusher"}
 
@@ -38,10 +38,10 @@ def test_trainer_trains_on_the_gate_window_and_warm_starts(local_pipeline):
     nodes = {c.id: c for c in local_pipeline.components}
     trainer = nodes["Trainer"]
     assert trainer.inputs["examples"].producer_component_id == "DataGate"
-    assert trainer.inputs["base_model"].producer_component_id == "LatestBlessedModel"
+    assert trainer.inputs["base_model"].producer_component_id == "StableModel"
     evaluator = nodes["Evaluator"]
     assert evaluator.inputs["examples"].producer_component_id == "CsvExampleGen"
-    assert evaluator.inputs["baseline_model"].producer_component_id == "LatestBlessedModel"
+    assert evaluator.inputs["baseline_model"].producer_component_id == "StableModel"
 
 
 def test_same_pipeline_compiles_for_kubeflow_v2(tmp_path):
@@ -50,7 +50,8 @@ def test_same_pipeline_compiles_for_kubeflow_v2(tmp_path):
     config = PipelineConfig()
     pipeline = create_pipeline(config, pipeline_root=config.kfp_pipeline_root,
                                data_root=config.kfp_data_root,
-                               serving_model_dir=config.kfp_serving_dir, beam_pipeline_args=[])
+                               serving_model_dir=config.kfp_serving_dir, beam_pipeline_args=[],
+                               baseline=STABLE_BY_STEP)
     output = tmp_path / "spec.json"
     tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(

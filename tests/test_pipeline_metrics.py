@@ -1,4 +1,4 @@
-"""Pipeline metrics (pipeline/pipeline_metrics.py): a real scrape of the HTTP endpoint on the
+"""Pipeline metrics (pipeline/observe/metrics.py): a real scrape of the HTTP endpoint on the
 long-run home agrees with its ML Metadata and release manifest; the textfile is replaced
 atomically and parses; the derived values (data-blocked run, skew contract, empty and broken
 homes) on small homes written with the pipeline's own ML Metadata API; and the alert rules pass
@@ -22,7 +22,9 @@ from typing import Dict, List, Optional
 import pytest
 import yaml
 
-from tests.support import REPO
+from ctpipe.pipeline.home import Home
+
+from tests.support import REPO, FakeHome, config_for, decision
 
 MONITORING = REPO / "serving" / "k8s" / "monitoring"
 RULES = MONITORING / "ctpipe-alerts.yaml"
@@ -65,74 +67,10 @@ def get(url: str) -> str:
         return response.read().decode("utf-8")
 
 
-def config_for(home: Path, config_path: Optional[Path] = None):
-    from ctpipe.pipeline.config import PipelineConfig
+def scrape(home, data_root: Optional[str] = None):
+    from ctpipe.pipeline.observe.metrics import exposition
 
-    return PipelineConfig.from_sources(str(config_path) if config_path else None,
-                                       {"home": str(home)})
-
-
-def decision(outcome: str, span: Optional[int], version: Optional[int] = None,
-             run_id: Optional[str] = None, seconds: Optional[float] = None):
-    from ctpipe.pipeline.outcomes import Decision
-
-    return Decision(outcome, span=span, model_version=version, reasons=[f"{outcome} (test)"],
-                    metrics={}, training_spans=[], run_id=run_id, finished_at=time.time(),
-                    seconds=seconds)
-
-
-class Home:
-    """A small home written through the pipeline's own ML Metadata API (no pipeline run)."""
-
-    def __init__(self, root: Path):
-        from ctpipe.pipeline import outcomes
-
-        root.mkdir(parents=True, exist_ok=True)
-        self.config = config_for(root)
-        self.store = outcomes.open_store(outcomes.sqlite_connection(self.config.metadata_path))
-
-    def decide(self, *decisions) -> None:
-        from ctpipe.pipeline import cycles
-
-        for item in decisions:
-            cycles.record_decision(self.store, self.config.pipeline_name, item)
-            time.sleep(0.002)  # distinct finish times, as real cycles have
-
-    def action(self, name: str, span: int) -> None:
-        from ctpipe.pipeline import cycles
-
-        cycles.record_action(self.store, self.config.pipeline_name, name, span, "test")
-
-    def quarantine(self, *spans: int) -> None:
-        from ctpipe.components.ledger import Ledger
-        from ctpipe.pipeline import cycles, ledger_store
-
-        ledger = Ledger()
-        for span in spans:
-            ledger = ledger.quarantine(span, ["test"], by="operator")
-        action = cycles.record_action(self.store, self.config.pipeline_name, "quarantine",
-                                      spans[-1], "test")
-        ledger_store.publish_ledger(self.store, self.config.pipeline_name,
-                                    self.config.pipeline_root, ledger, action.id)
-
-    def release(self, **labels: int) -> None:
-        from ctpipe.components import release
-
-        base = os.path.abspath(self.config.serving_model_dir)
-        release.write(release.manifest_path(os.path.dirname(base)),
-                      [release.Release(self.config.model_name, base, labels)])
-
-    def skew(self, *results: dict, history: bool = True) -> None:
-        folder = Path(self.config.home) / "skew"
-        folder.mkdir(exist_ok=True)
-        (folder / "latest.json").write_text(json.dumps(results[-1]))
-        if history:
-            (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
-
-    def scrape(self, data_root: Optional[str] = None):
-        from ctpipe.pipeline.pipeline_metrics import exposition
-
-        return parse(exposition(self.config, data_root))
+    return parse(exposition(home.config, data_root))
 
 
 # -- the real home: an HTTP scrape against ML Metadata ------------------------------------------
@@ -141,12 +79,13 @@ class Home:
 @pytest.fixture(scope="module")
 def real(long_run):
     """The long-run home's config, data root and what ML Metadata / the manifest say."""
-    from ctpipe.pipeline import cycles, outcomes
-    from ctpipe.pipeline.commands import _local_status
-    from ctpipe.pipeline.release_ops import release_state
+    from ctpipe.pipeline.commands.status import _local_status
+    from ctpipe.pipeline.home import cycles
+    from ctpipe.pipeline.home import store as mlmd_store
+    from ctpipe.pipeline.home.release import release_state
 
     config = config_for(long_run.home, getattr(long_run, "config_path", None))
-    store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
+    store = mlmd_store.open_store(mlmd_store.sqlite_connection(Home.of(config).metadata_path))
     decisions = cycles.history(store, config.pipeline_name)
     return {"config": config, "data_root": str(long_run.data_root), "decisions": decisions,
             "status": _local_status(store, config, str(long_run.data_root)),
@@ -155,7 +94,7 @@ def real(long_run):
 
 @pytest.fixture(scope="module")
 def scraped(real):
-    from ctpipe.pipeline.pipeline_metrics import serve_metrics
+    from ctpipe.pipeline.observe.metrics_http import serve_metrics
 
     server = serve_metrics(real["config"], 0, data_root=real["data_root"])
     try:
@@ -172,7 +111,7 @@ def scraped(real):
 
 
 def test_scrape_counts_every_decision_by_outcome(real, scraped):
-    from ctpipe.pipeline.outcomes import Outcome
+    from ctpipe.pipeline.home.outcomes import Outcome
 
     samples = parse(scraped[0])
     counts = collections.Counter(d.outcome.value for d in real["decisions"])
@@ -183,7 +122,7 @@ def test_scrape_counts_every_decision_by_outcome(real, scraped):
 
 
 def test_scrape_last_outcome_is_the_last_decision(real, scraped):
-    from ctpipe.pipeline.outcomes import Outcome
+    from ctpipe.pipeline.home.outcomes import Outcome
 
     samples = parse(scraped[0])
     last = [d for d in real["decisions"] if d.outcome != Outcome.NO_NEW_DATA][-1]
@@ -227,7 +166,8 @@ def test_scrape_times_of_the_last_cycle(real, scraped):
     assert value(samples, "ctpipe_cycle_seconds") == last_run.seconds
     components = {labels["component"]: v for labels, v in samples["ctpipe_component_seconds"]}
     # the bench's measurement of the newest pipeline run (rounded to 0.1 s there)
-    measured = component_seconds(real["config"].metadata_path, real["config"].pipeline_name)
+    measured = component_seconds(Home.of(real["config"]).metadata_path,
+                                 real["config"].pipeline_name)
     assert set(components) == set(measured)
     assert {"CsvExampleGen", "DataGate"} <= set(components)
     for name, seconds in measured.items():
@@ -249,7 +189,7 @@ def test_scrapes_agree_and_every_family_has_help_and_type(scraped):
 
 
 def test_textfile_is_replaced_atomically_and_parses(real, tmp_path):
-    from ctpipe.pipeline.pipeline_metrics import exposition, write_textfile
+    from ctpipe.pipeline.observe.metrics import exposition, write_textfile
 
     path = tmp_path / "ctpipe.prom"
     write_textfile(real["config"], str(path), real["data_root"])
@@ -283,7 +223,7 @@ def test_textfile_is_replaced_atomically_and_parses(real, tmp_path):
 
 def test_textfile_must_be_a_prom_file(tmp_path):
     from ctpipe.pipeline.errors import BadInput
-    from ctpipe.pipeline.pipeline_metrics import write_textfile
+    from ctpipe.pipeline.observe.metrics import write_textfile
 
     with pytest.raises(BadInput, match=r"\.prom"):
         write_textfile(config_for(tmp_path), str(tmp_path / "ctpipe.txt"))
@@ -296,27 +236,27 @@ def test_textfile_must_be_a_prom_file(tmp_path):
 
 
 def test_data_blocked_run_counts_gate_verdicts_only(tmp_path):
-    home = Home(tmp_path / "home")
+    home = FakeHome(tmp_path / "home")
     home.decide(decision("pushed", 1, version=1), decision("data_blocked", 2),
                 decision("failed", 3), decision("data_blocked", 3), decision("no_new_data", None))
-    samples = home.scrape()
+    samples = scrape(home)
     assert value(samples, "ctpipe_consecutive_data_blocked") == 2  # failed, no_new_data: no say
     assert value(samples, "ctpipe_last_outcome", outcome="data_blocked") == 1
     assert value(samples, "ctpipe_last_cycle_span") == 3  # the no_new_data poll is no cycle
     assert value(samples, "ctpipe_cycles_total", outcome="no_new_data") == 1
     assert value(samples, "ctpipe_cycles_total", outcome="data_blocked") == 2
     home.action("release", 3)  # the operator accepts the change: the run is dealt with
-    assert value(home.scrape(), "ctpipe_consecutive_data_blocked") == 0
+    assert value(scrape(home), "ctpipe_consecutive_data_blocked") == 0
     home.decide(decision("data_blocked", 4))
-    assert value(home.scrape(), "ctpipe_consecutive_data_blocked") == 1
+    assert value(scrape(home), "ctpipe_consecutive_data_blocked") == 1
     home.decide(decision("not_blessed", 5), decision("data_blocked", 6))
-    assert value(home.scrape(), "ctpipe_consecutive_data_blocked") == 1
+    assert value(scrape(home), "ctpipe_consecutive_data_blocked") == 1
 
 
 def test_release_skew_quarantine_and_a_running_cycle(tmp_path):
-    from ctpipe.pipeline import cycles
+    from ctpipe.pipeline.home import cycles
 
-    home = Home(tmp_path / "home")
+    home = FakeHome(tmp_path / "home")
     home.decide(decision("pushed", 1, version=1), decision("pushed", 2, version=2),
                 decision("gave_up", 3))
     home.quarantine(3)
@@ -330,7 +270,7 @@ def test_release_skew_quarantine_and_a_running_cycle(tmp_path):
     for span in (3, 4, 5):
         (data_root / f"span-{span}").mkdir(parents=True)
         (data_root / f"span-{span}" / "data.csv").write_text("x\n")
-    samples = home.scrape(str(data_root))
+    samples = scrape(home, str(data_root))
     assert (value(samples, "ctpipe_stable_version"), value(samples, "ctpipe_canary_version"),
             value(samples, "ctpipe_previous_version"),
             value(samples, "ctpipe_canary_on_trial")) == (2, 4, 1, 1)
@@ -347,7 +287,7 @@ def test_release_skew_quarantine_and_a_running_cycle(tmp_path):
     assert "ctpipe_cycle_seconds" not in samples  # no cycle ran a pipeline
     home.skew({"drifted": False, "at": 400.0, "anomalies": []}, history=False)
     os.remove(Path(home.config.home) / "skew" / "history.jsonl")
-    samples = home.scrape()
+    samples = scrape(home)
     assert (value(samples, "ctpipe_skew_drifted"), value(samples, "ctpipe_skew_alarms_total")) \
         == (0, 0)
     assert "ctpipe_pending_spans" not in samples  # no data root given
@@ -355,7 +295,7 @@ def test_release_skew_quarantine_and_a_running_cycle(tmp_path):
 
 def test_a_fresh_home_is_healthy_and_empty(tmp_path):
     (tmp_path / "home").mkdir()
-    from ctpipe.pipeline.pipeline_metrics import exposition
+    from ctpipe.pipeline.observe.metrics import exposition
 
     samples = parse(exposition(config_for(tmp_path / "home")))
     assert value(samples, "ctpipe_metadata_up") == 1
@@ -370,19 +310,19 @@ def test_a_fresh_home_is_healthy_and_empty(tmp_path):
 
 
 def test_unreadable_metadata_is_reported_not_raised(tmp_path):
-    home = Home(tmp_path / "home")
+    home = FakeHome(tmp_path / "home")
     home.release(stable=1)
-    Path(home.config.metadata_path).write_bytes(b"not a database" * 100)
-    samples = home.scrape()
+    Path(home.paths.metadata_path).write_bytes(b"not a database" * 100)
+    samples = scrape(home)
     assert value(samples, "ctpipe_metadata_up") == 0
     assert value(samples, "ctpipe_stable_version") == 1  # the rest still reports
 
 
 def test_command_prints_or_writes_the_exposition(tmp_path, capsys):
+    from ctpipe.pipeline.commands.observe import register
     from ctpipe.pipeline.errors import BadInput
-    from ctpipe.pipeline.pipeline_metrics import register
 
-    home = Home(tmp_path / "home")
+    home = FakeHome(tmp_path / "home")
     home.decide(decision("pushed", 1, version=1))
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -438,7 +378,7 @@ def promtool_run(promtool: str, *args: str, cwd: Path = MONITORING) -> str:
 
 
 def test_rules_pass_promtool_check(promtool):
-    assert "SUCCESS: 8 rules found" in promtool_run(promtool, "check", "rules", RULES.name)
+    assert "SUCCESS: 9 rules found" in promtool_run(promtool, "check", "rules", RULES.name)
 
 
 def test_rules_fire_and_stay_quiet_as_their_unit_tests_say(promtool):
@@ -468,14 +408,17 @@ def test_prometheus_rule_carries_the_same_groups(promtool, tmp_path):
 def test_rules_use_only_exported_series(tmp_path):
     """Every ctpipe_* name in an expression is one the exporter writes (a typo would make an
     alert silently never fire)."""
-    from ctpipe.pipeline import cycles
+    from ctpipe.pipeline.home import cycles
 
-    home = Home(tmp_path / "home")
-    home.decide(decision("pushed", 1, version=1), decision("data_blocked", 2))
+    home = FakeHome(tmp_path / "home")
+    scored = decision("pushed", 1, version=1)
+    scored.fresh_span_auc = {"1": {"auc": 0.8, "rows": 300, "stderr": 0.03, "label": "stable",
+                                   "labels": ["stable", "control"]}}
+    home.decide(scored, decision("data_blocked", 2))
     home.release(stable=1)
     home.skew({"drifted": True, "at": 1.0, "anomalies": []})
     cycles.start_cycle(home.store, home.config.pipeline_name, 3, attempt=1, runs_before=0)
-    exported = set(home.scrape())
+    exported = set(scrape(home))
     expressions = " ".join(rule["expr"] for group in
                            yaml.safe_load(RULES.read_text())["groups"]
                            for rule in group["rules"])

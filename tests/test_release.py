@@ -64,6 +64,8 @@ def test_manifest_is_a_model_server_config_tf_serving_parses(tmp_path):
 def _versions(base, *versions):
     for version in versions:
         os.makedirs(os.path.join(base, str(version)))
+        with open(os.path.join(base, str(version), "saved_model.pb"), "wb") as handle:
+            handle.write(b"pb")
 
 
 def test_apply_loads_a_new_version_before_any_label_points_at_it(tmp_path):

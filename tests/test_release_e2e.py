@@ -11,8 +11,8 @@ import pytest
 
 from ctpipe.components import release
 from ctpipe.components.atomic_pusher import publish_atomically
-from ctpipe.pipeline import cycles
-from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+from ctpipe.pipeline.home import cycles
+from ctpipe.pipeline.home.store import open_store, sqlite_connection
 
 from tests.support import ctpipe, ctpipe_command, wait_for_line, wait_until
 
@@ -254,7 +254,7 @@ def test_logged_requests_reveal_serving_skew(production_home, long_run, tmp_path
     import csv
 
     release_home = production_home
-    from ctpipe.pipeline.corruptions import CORRUPTIONS
+    from ctpipe.pipeline.run.corruptions import CORRUPTIONS
     from ctpipe.serving.clients import RestClient
 
     from tests.scenario import LASTING_CHANGE

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ctpipe.pipeline import report_svg as svg
-from ctpipe.pipeline.cycles import CycleRecord, OperatorAction
-from ctpipe.pipeline.outcomes import Decision
-from ctpipe.pipeline.report_data import (
+from ctpipe.pipeline.home import Home
+from ctpipe.pipeline.home.cycles import CycleRecord, OperatorAction
+from ctpipe.pipeline.home.outcomes import Decision
+from ctpipe.pipeline.observe import report_svg as svg
+from ctpipe.pipeline.observe.report_data import (
     OTHER_VALUES,
     CyclePoint,
     CycleView,
@@ -246,7 +247,7 @@ def _view(**changes) -> CycleView:
 
 def test_cycle_page_escapes_text_marks_drift_and_loads_nothing():
     from ctpipe.pipeline.config import PipelineConfig
-    from ctpipe.pipeline.report import CSP, render_cycle
+    from ctpipe.pipeline.observe.report import CSP, render_cycle
 
     page = render_cycle(_view(), PipelineConfig(pipeline_name=HOSTILE))
     assert "<script>" not in page and "&lt;script&gt;" in page
@@ -283,13 +284,14 @@ def _config(long_run):
 
 @pytest.fixture(scope="module")
 def reports(long_run, tmp_path_factory):
-    from ctpipe.pipeline import cycles, outcomes
-    from ctpipe.pipeline.report import write_all
+    from ctpipe.pipeline.home import cycles
+    from ctpipe.pipeline.home import store as mlmd_store
+    from ctpipe.pipeline.observe.report import write_all
 
     config = _config(long_run)
     out = tmp_path_factory.mktemp("reports")
     index = Path(write_all(config, str(out)))
-    store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
+    store = mlmd_store.open_store(mlmd_store.sqlite_connection(Home.of(config).metadata_path))
     latest = {}
     for decision in cycles.history(store, config.pipeline_name):
         if decision.span is not None and decision.outcome != "no_new_data":
@@ -305,7 +307,7 @@ def _element_text(dom: str, ident: str) -> str:
 
 @pytest.mark.e2e
 def test_index_links_every_span_and_every_page_shows_its_latest_cycle(reports):
-    from ctpipe.pipeline.report import written_cycle
+    from ctpipe.pipeline.observe.report import written_cycle
 
     _, index, latest = reports
     assert latest, "the long run decided no span"
@@ -331,7 +333,7 @@ def _render_checks(chromium, page: Path, span: int, outcome: str):
 
 @pytest.mark.e2e
 def test_pushed_page_renders_offline_with_span_outcome_and_both_aucs(reports, chromium):
-    from ctpipe.pipeline.report_svg import number_text
+    from ctpipe.pipeline.observe.report_svg import number_text
 
     _, index, latest = reports
     pushed = [d for d in latest.values() if d.outcome == "pushed" and "baseline" in d.metrics]
@@ -367,7 +369,7 @@ def test_request_detector_catches_an_injected_external_image(reports, chromium, 
     """The negative test: the same page with an external image must show a network request
     (else the offline checks above prove nothing); with our CSP in place Chromium blocks it,
     and the static check flags it either way."""
-    from ctpipe.pipeline.report import CSP
+    from ctpipe.pipeline.observe.report import CSP
 
     _, index, latest = reports
     text = (index.parent / f"span-{next(iter(latest))}.html").read_text()
@@ -385,11 +387,11 @@ def test_request_detector_catches_an_injected_external_image(reports, chromium, 
 
 @pytest.mark.e2e
 def test_cli_writes_one_page_or_every_page_and_the_index(reports, tmp_path, capsys):
-    from ctpipe.pipeline import report
+    from ctpipe.pipeline.commands import observe
 
     config, _, latest = reports
     parser = argparse.ArgumentParser(prog="ctpipe")
-    report.register(parser.add_subparsers(dest="command", required=True))
+    observe.register(parser.add_subparsers(dest="command", required=True))
     span = max(latest)
     out = tmp_path / "one" / "page.html"
     args = parser.parse_args(["report", "--home", config.home, "--span", str(span), "--out",
@@ -404,6 +406,7 @@ def test_cli_writes_one_page_or_every_page_and_the_index(reports, tmp_path, caps
     assert {p.name for p in named.parent.glob("span-*.html")} == {
         f"span-{s}.html" for s in latest}
     from ctpipe.pipeline.errors import BadInput
+    from ctpipe.pipeline.observe import report
 
     with pytest.raises(BadInput, match="no decided cycle for span 9999"):
         report.write_cycle_report(config, 9999, str(tmp_path / "x.html"))
@@ -411,7 +414,7 @@ def test_cli_writes_one_page_or_every_page_and_the_index(reports, tmp_path, caps
 
 @pytest.mark.e2e
 def test_write_all_keeps_a_page_of_the_same_cycle_unless_asked(reports, tmp_path):
-    from ctpipe.pipeline.report import write_all
+    from ctpipe.pipeline.observe.report import write_all
 
     config, _, latest = reports
     out = tmp_path / "kept"
@@ -426,7 +429,7 @@ def test_write_all_keeps_a_page_of_the_same_cycle_unless_asked(reports, tmp_path
 
 def test_write_after_cycle_never_raises(tmp_path):
     from ctpipe.pipeline.config import PipelineConfig
-    from ctpipe.pipeline.report import write_after_cycle
+    from ctpipe.pipeline.observe.report import write_after_cycle
 
     said = []
     assert write_after_cycle(PipelineConfig(home=str(tmp_path / "nowhere")), said.append) is None
@@ -435,7 +438,7 @@ def test_write_after_cycle_never_raises(tmp_path):
 
 @pytest.mark.e2e
 def test_write_after_cycle_brings_the_home_reports_up_to_date(reports, tmp_path, monkeypatch):
-    from ctpipe.pipeline import report
+    from ctpipe.pipeline.observe import report
 
     config, _, latest = reports
     monkeypatch.setattr(report, "reports_dir", lambda _: str(tmp_path / "reports"))

@@ -3,7 +3,7 @@ import os
 import time
 
 from ctpipe.pipeline.config import PipelineConfig
-from ctpipe.pipeline.retention import prune_logs
+from ctpipe.pipeline.run.retention import prune_logs
 
 
 def test_only_the_newest_cycle_logs_are_kept(tmp_path):

@@ -1,4 +1,4 @@
-from ctpipe.pipeline import sample_data
+from ctpipe.pipeline.run import sample_data
 
 from tests.conftest import SAMPLE
 

@@ -3,8 +3,8 @@
 import pytest
 
 from ctpipe.components.curated_schema import load_contract
-from ctpipe.pipeline import corruptions
-from ctpipe.pipeline.schema_review import csv_statistics
+from ctpipe.pipeline.observe.schema_review import csv_statistics
+from ctpipe.pipeline.run import corruptions
 
 from tests.conftest import SAMPLE
 

@@ -1,4 +1,5 @@
-"""Training/serving skew (pipeline/skew.py): logged requests (real PredictionLog files written by
+"""Training/serving skew (pipeline/observe/skew.py): logged requests (real PredictionLog files
+written by
 the request logger) against training statistics (real TFDV), with the schema's skew comparators.
 
 Rows of sample span 8 are served; the training data is the window of spans 5-7 (explicit
@@ -19,9 +20,10 @@ import tensorflow as tf
 
 from ctpipe.components import features as F
 from ctpipe.components.curated_schema import load_contract
-from ctpipe.pipeline import skew
 from ctpipe.pipeline.errors import BadInput
-from ctpipe.pipeline.schema_review import csv_statistics
+from ctpipe.pipeline.home import Home
+from ctpipe.pipeline.observe import skew, skew_decode
+from ctpipe.pipeline.observe.schema_review import csv_statistics
 from ctpipe.serving.request_log import RequestLogger, classify_protos, predict_protos
 
 from tests.support import SAMPLE, ctpipe
@@ -55,7 +57,7 @@ def _example(row: Dict[str, str]) -> bytes:
         values[name] = int(float(row[name])) if row[name] else F.MISSING_INT
     for name in F.CATEGORICAL_STRING_FEATURES:
         values[name] = row[name].encode()
-    return skew.example_from_values(values).SerializeToString()
+    return skew_decode.example_from_values(values).SerializeToString()
 
 
 def write_logs(directory: str, rows: List[Dict[str, str]], batch: int = 8) -> None:
@@ -124,7 +126,7 @@ def drifted_logs(tmp_path_factory):
 # -- the comparison on explicit inputs ---------------------------------------------------------
 
 def test_clean_requests_show_no_skew(window_statistics, clean_logs, schema):
-    serving = skew.serving_data(clean_logs)
+    serving = skew_decode.serving_data(clean_logs)
     report = skew.compare(window_statistics, serving, schema)
     assert report["drifted"] is False and report["anomalies"] == []
     assert {m["feature"] for m in report["measurements"]} == set(skew.skew_features(schema))
@@ -135,7 +137,7 @@ def test_clean_requests_show_no_skew(window_statistics, clean_logs, schema):
 
 
 def test_drifted_requests_are_skew(window_statistics, drifted_logs, schema):
-    report = skew.compare(window_statistics, skew.serving_data(drifted_logs), schema)
+    report = skew.compare(window_statistics, skew_decode.serving_data(drifted_logs), schema)
     assert report["drifted"] is True
     found = {(a["feature"], a["comparator"]) for a in report["anomalies"]}
     assert found == {("fare", "jensen_shannon_divergence"), ("payment_type", "infinity_norm")}
@@ -144,7 +146,7 @@ def test_drifted_requests_are_skew(window_statistics, drifted_logs, schema):
 
 
 def test_missing_values_are_missing_not_values(clean_logs):
-    example = skew.example_from_values({
+    example = skew_decode.example_from_values({
         "fare": math.nan, "trip_seconds": 300.0, "pickup_community_area": -1,
         "trip_start_hour": 5, "company": b"", "payment_type": b"Cash", "not_a_feature": 1})
     features = example.features.feature
@@ -155,9 +157,9 @@ def test_missing_values_are_missing_not_values(clean_logs):
     served.features.feature["fare"].float_list.value.append(float("nan"))
     served.features.feature["dropoff_census_tract"].int64_list.value.append(-1)
     served.features.feature["trip_miles"].float_list.value.append(1.5)
-    assert set(skew.clean_example(served).features.feature) == {"trip_miles"}
+    assert set(skew_decode.clean_example(served).features.feature) == {"trip_miles"}
     # In the statistics: rows without a company are missing, not a company called "".
-    statistics = skew.statistics_of_examples(skew.serving_data(clean_logs).examples)
+    statistics = skew_decode.statistics_of_examples(skew_decode.serving_data(clean_logs).examples)
     [company] = [f for f in statistics.datasets[0].features if f.path.step == ["company"]]
     with_company = sum(1 for row in _rows(SERVED) if row["company"])
     assert company.string_stats.common_stats.num_non_missing == with_company
@@ -166,23 +168,23 @@ def test_missing_values_are_missing_not_values(clean_logs):
 
 def test_bad_request_logs_are_bad_input(tmp_path, schema):
     with pytest.raises(BadInput, match="no request log directory"):
-        skew.serving_data(str(tmp_path / "absent"))
+        skew_decode.serving_data(str(tmp_path / "absent"))
     with pytest.raises(BadInput, match="no complete request log file"):
-        skew.serving_data(str(tmp_path))
+        skew_decode.serving_data(str(tmp_path))
     (tmp_path / ".requests-0000000000001-000000.tfrecord.tmp").write_bytes(b"partial")
     with pytest.raises(BadInput, match="no complete request log file"):
-        skew.serving_data(str(tmp_path))
+        skew_decode.serving_data(str(tmp_path))
     unknown = tmp_path / "unknown"
     with RequestLogger(str(unknown)) as logger:
         request, response = predict_protos("toy", 1, "other", {"pixels": np.zeros(3, np.float32)})
         logger.log_predict(request.model_spec, request, response)
     with pytest.raises(BadInput, match="no request of a known signature") as error:
-        skew.serving_data(str(unknown))
+        skew_decode.serving_data(str(unknown))
     assert error.value.exit_code == 2
     few = tmp_path / "few"
     write_logs(str(few), _rows(SERVED)[:20])
     with pytest.raises(BadInput, match="at least 100"):
-        skew.compare(None, skew.serving_data(str(few)), schema)
+        skew.compare(None, skew_decode.serving_data(str(few)), schema)
 
 
 def test_production_version_is_the_stable_label_else_the_newest(tmp_path):
@@ -221,7 +223,9 @@ def home(tmp_path_factory):
 
 def _skew_command(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="ctpipe")
-    skew.register(parser.add_subparsers(dest="command", required=True))
+    from ctpipe.pipeline.commands import observe
+
+    observe.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["skew", *argv])
     return args.handler(args)
 
@@ -247,10 +251,10 @@ def test_skew_command_against_the_production_model(home, clean_logs, drifted_log
 @pytest.mark.e2e
 def test_without_the_window_files_the_span_statistics_are_used(home, clean_logs):
     from ctpipe.pipeline.config import PipelineConfig
-    from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+    from ctpipe.pipeline.home.store import open_store, sqlite_connection
 
     config = PipelineConfig(home=str(home))
-    store = open_store(sqlite_connection(config.metadata_path))
+    store = open_store(sqlite_connection(Home.of(config).metadata_path))
     data = skew.training_data(store, 1)
     split = os.path.join(data.examples_uri, "Split-train")
     os.rename(split, split + ".away")  # as retention leaves it
@@ -270,10 +274,6 @@ def test_bad_home_is_bad_input(tmp_path, clean_logs):
 
 @pytest.mark.e2e
 def test_through_the_real_command_line(home, drifted_logs, tmp_path):
-    from ctpipe.pipeline import cli
-
-    if "ctpipe.pipeline.skew" not in cli.AREAS:
-        pytest.skip("ctpipe.pipeline.skew is not yet registered in pipeline/cli.py AREAS")
     drifted = ctpipe("skew", "--home", str(home), "--requests", drifted_logs, "--json")
     assert drifted.returncode == 3, drifted.stderr[-2000:]
     assert json.loads(drifted.stdout)["drifted"] is True

@@ -7,8 +7,8 @@ import pytest
 
 from ctpipe.components.data_gate import _drift_against_references
 from ctpipe.components.ledger import Ledger
-from ctpipe.pipeline import corruptions
-from ctpipe.pipeline.schema_review import csv_statistics
+from ctpipe.pipeline.observe.schema_review import csv_statistics
+from ctpipe.pipeline.run import corruptions
 
 from tests.support import SAMPLE
 

@@ -7,7 +7,6 @@ repeated at the top of every span. Span k is the k-th calendar quarter (UTC) of
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import io
@@ -55,15 +54,3 @@ def write_spans(out_dir: Path, source: Path | None = None) -> List[Tuple[int, st
         (span_dir / "data.csv").write_text(header + "".join(rows))
         written.append((span, f"{key[0]}Q{key[1]}", len(rows)))
     return written
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("data/sample"))
-    args = parser.parse_args()
-    for span, quarter, rows in write_spans(args.out):
-        print(f"span-{span}\t{quarter}\t{rows} rows")
-
-
-if __name__ == "__main__":
-    main()

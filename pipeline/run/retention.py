@@ -7,7 +7,10 @@ DELETED so no resolver hands them out again. Never removed, whatever their age:
     drift baseline and long reference, label-check reference: the last `window_spans + 1`
     accepted spans, extended like the window to `window_min_rows`) and of quarantined spans
     (a release turns them back into training data);
-  - the production model (newest blessed) and its warm-start parent.
+  - every live model - the versions the release manifest labels (stable, canary, previous,
+    control) - with its warm-start parent and the examples and statistics of its training
+    window (skew and lineage of a labelled version need them), plus the newest blessed model
+    (the next cycle's fallback when the manifest is absent).
 Cycle logs beyond the newest 10 x keep_cycles are removed too, and served version directories
 beyond the newest keep_cycles that the release manifest does not name. ML Metadata records are
 kept (a few tens of kB per cycle).
@@ -23,15 +26,17 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from ctpipe.components.layout import LINEAGE_FILE
 from ctpipe.pipeline.config import PipelineConfig
-from ctpipe.pipeline.outcomes import pipeline_runs
+from ctpipe.pipeline.home import Home
+from ctpipe.pipeline.home.outcomes import pipeline_runs
 
 # Artifact types removed from old runs. Kept: ledgers (Dataset), blessings, pushed-model records.
 LARGE_TYPES = ("Examples", "ExampleStatistics", "Model", "ModelRun", "ModelEvaluation",
                "ExampleAnomalies", "Schema")
 
 
-def production_model(store) -> "mlmd_pb2.Artifact | None":
-    """The newest Model with a positive blessing (what LatestBlessedModel resolves)."""
+def newest_blessed_model(store) -> "mlmd_pb2.Artifact | None":
+    """The newest Model with a positive blessing (the next canary or stable in waiting: kept
+    with the labelled versions, whose models `live_models` lists)."""
     try:
         blessings = store.get_artifacts_by_type("ModelBlessing")
     except Exception:  # noqa: BLE001 - no blessing type before the first evaluation
@@ -57,7 +62,7 @@ def _warm_start_parent(model_uri: str) -> str:
 
 
 def protected_uris(store, config: PipelineConfig) -> Set[str]:
-    from ctpipe.pipeline.ledger_store import latest_ledger
+    from ctpipe.pipeline.home.ledger_store import latest_ledger
 
     ledger, _ = latest_ledger(store, config.pipeline_name)
     keep: Set[str] = set()
@@ -65,11 +70,35 @@ def protected_uris(store, config: PipelineConfig) -> Set[str]:
     needed = ledger.window(newest, config.window_spans + 1, config.window_min_rows)
     for entry in needed + ledger.quarantined:
         keep.update(entry.get(key) for key in ("examples_uri", "statistics_uri"))
-    model = production_model(store)
-    if model is not None:
+    spans = {entry["span"]: entry for entry in ledger.accepted + ledger.quarantined}
+    for model in live_models(store, config) + [newest_blessed_model(store)]:
+        if model is None:
+            continue
         keep.add(model.uri)
         keep.add(_warm_start_parent(model.uri))
+        for span in _training_spans(model.uri):
+            keep.update(spans.get(span, {}).get(key) for key in ("examples_uri",
+                                                                  "statistics_uri"))
     return {uri for uri in keep if uri}
+
+
+def live_models(store, config: PipelineConfig) -> List[mlmd_pb2.Artifact]:
+    """The Model artifacts of every version the release manifest labels."""
+    from ctpipe.components.stable_model import models_by_version
+    from ctpipe.pipeline.home.release import release_state
+
+    labels = release_state(config).labels
+    return list(models_by_version(store, set(labels.values())).values())
+
+
+def _training_spans(model_uri: str) -> List[int]:
+    import json
+
+    path = os.path.join(model_uri, LINEAGE_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return list(json.load(handle).get("training_spans", []))
 
 
 def _output_artifacts(store, run_ids: Iterable[int]) -> List[mlmd_pb2.Artifact]:
@@ -84,7 +113,7 @@ LOGS_PER_KEPT_CYCLE = 10  # cycle logs are small: keep 10x more of them than of 
 
 def prune_logs(config: PipelineConfig) -> List[str]:
     """Keep the newest `LOGS_PER_KEPT_CYCLE * keep_cycles` cycle logs (<home>/logs/span-N.log)."""
-    directory = os.path.join(config.home, "logs")
+    directory = Home.of(config).logs_dir
     if not os.path.isdir(directory):
         return []
     logs = sorted((os.path.join(directory, name) for name in os.listdir(directory)
@@ -103,7 +132,7 @@ def prune_served_versions(config: PipelineConfig) -> List[int]:
     from ctpipe.components import release
     from ctpipe.components.layout import version_dirs
 
-    base = os.path.abspath(config.serving_model_dir)
+    base = Home.of(config).model_dir
     path = release.manifest_path(os.path.dirname(base))
     if not os.path.exists(path):
         return []
@@ -135,7 +164,7 @@ def apply_retention(store, config: PipelineConfig) -> List[str]:
             continue
     keep = protected_uris(store, config)
     removed, changed = [], []
-    root = os.path.abspath(config.pipeline_root)
+    root = Home.of(config).pipeline_root
     for artifact in _output_artifacts(store, [run.id for run in old]):
         if artifact.type_id not in type_names or artifact.state == mlmd_pb2.Artifact.DELETED:
             continue

@@ -3,7 +3,7 @@
 Why MLMD and not a side file: the artifacts the components wrote (the gate's ledger properties,
 the Evaluator's blessing and evaluation, the Pusher's pushed version) *are* the decision; a JSON
 file written beside them could disagree. The local runner computes each decision once with
-`decision_for_run` and records it with its cycle (pipeline/cycles.py), so `ctpipe run` and
+`decision_for_run` and records it with its cycle (pipeline/home/cycles.py), so `ctpipe run` and
 `ctpipe status` print the same thing; on Kubeflow, `history` derives every run's decision from
 its artifacts the same way.
 """
@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+
+from ctpipe.components.basics import ExitCode
 
 
 class Outcome(str, enum.Enum):
@@ -49,10 +51,13 @@ PUSHED, DATA_BLOCKED, NOT_BLESSED, GAVE_UP, NO_NEW_DATA, FAILED = (
     Outcome.NO_NEW_DATA, Outcome.FAILED)
 FINAL_OUTCOMES = (PUSHED, DATA_BLOCKED, NOT_BLESSED, GAVE_UP)
 # The process exit code of `ctpipe run` for each outcome (README: "Exit codes").
-EXIT_CODES = {PUSHED: 0, FAILED: 1, DATA_BLOCKED: 3, NOT_BLESSED: 4, NO_NEW_DATA: 5, GAVE_UP: 6}
-NO_NEW_DATA_TYPE = "ctpipe.NoNewData"  # how homes made before pipeline/cycles.py recorded it
+EXIT_CODES = {PUSHED: ExitCode.OK, FAILED: ExitCode.INTERNAL, DATA_BLOCKED: ExitCode.DATA_BLOCKED,
+              NOT_BLESSED: ExitCode.NOT_BLESSED, NO_NEW_DATA: ExitCode.NO_NEW_DATA,
+              GAVE_UP: ExitCode.GAVE_UP}
+NO_NEW_DATA_TYPE = "ctpipe.NoNewData"  # how homes made before pipeline/home/cycles.py recorded it
 # Resolver nodes "fail" on an empty store (first cycle); that is not a failed cycle.
-NODES_ALLOWED_TO_FAIL = ("PreviousGateState", "LatestBlessedModel",
+NODES_ALLOWED_TO_FAIL = ("PreviousGateState", "StableModel", "StableModel-model-resolver",
+                         "StableModel-pushed_model-resolver", "LatestBlessedModel",
                          "LatestBlessedModel-model-blessing-resolver",
                          "LatestBlessedModel-model-resolver")
 
@@ -71,6 +76,10 @@ class Decision:
     # The gate's numbers: production model on this span vs expected (labels), warm start.
     checks: Dict[str, Any] = dataclasses.field(default_factory=dict)
     attempt: Optional[int] = None
+    # The stable version when the cycle decided (the Evaluator's baseline), and every live
+    # version's AUC on this span before training on it ({version: {auc, rows, stderr}}).
+    baseline_version: Optional[int] = None
+    fresh_span_auc: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.outcome = Outcome(self.outcome)
@@ -90,25 +99,11 @@ class Decision:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-def open_store(connection_config) -> mlmd.MetadataStore:
-    return mlmd.MetadataStore(connection_config)
-
-
-def sqlite_connection(path: str) -> mlmd_pb2.ConnectionConfig:
-    config = mlmd_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = mlmd_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return config
-
-
 # Two ML Metadata layouts: TFX's own orchestrators (local) and the KFP v2 backend (cluster).
 LAYOUTS = (("pipeline", "pipeline_run"), ("system.Pipeline", "system.PipelineRun"))
 KFP_TASK_NAME = "task_name"
-
-
-def grpc_connection(host: str, port: int) -> mlmd_pb2.MetadataStoreClientConfig:
-    """KFP's metadata-grpc-service (port 8080 in the kubeflow namespace)."""
-    return mlmd_pb2.MetadataStoreClientConfig(host=host, port=port)
+# Marks the run context an operator's ledger change is recorded in (home/kfp_runs.py): not a cycle.
+OPERATOR_RUN = "ctpipe_operator_action"
 
 
 def _prop(artifact: mlmd_pb2.Artifact, name: str) -> Any:
@@ -147,11 +142,22 @@ def node_ids(store: mlmd.MetadataStore, executions: List[mlmd_pb2.Execution],
     return node_of
 
 
+# KFP records the run itself as a root DAG execution in the run's context (driver.go
+# RootDAG, 2.5.0); it fails whenever a task fails, so it is not a component of the run.
+KFP_DAG_EXECUTION = "system.DAGExecution"
+
+
+def component_executions(store: mlmd.MetadataStore,
+                         run_context: mlmd_pb2.Context) -> List[mlmd_pb2.Execution]:
+    return [e for e in store.get_executions_by_context(run_context.id)
+            if e.type != KFP_DAG_EXECUTION]
+
+
 def component_seconds(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
                       pipeline_name: str) -> Dict[str, float]:
     """Seconds per component of one pipeline run, from its executions' ML Metadata times
     (a node with several executions counts their sum)."""
-    executions = store.get_executions_by_context(run_context.id)
+    executions = component_executions(store, run_context)
     node_of = node_ids(store, executions, pipeline_name)
     seconds: Dict[str, float] = {}
     for execution in executions:
@@ -163,7 +169,7 @@ def component_seconds(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
 
 def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
              pipeline_name: str) -> RunRecord:
-    executions = store.get_executions_by_context(run_context.id)
+    executions = component_executions(store, run_context)
     node_of = node_ids(store, executions, pipeline_name)
     events = store.get_events_by_execution_ids([e.id for e in executions])
     output_events = [e for e in events if e.type == mlmd_pb2.Event.OUTPUT]
@@ -182,8 +188,12 @@ def read_run(store: mlmd.MetadataStore, run_context: mlmd_pb2.Context,
                      finished_ms=max(times, default=0))
 
 
-def decision_for_run(record: RunRecord) -> Decision:
-    """Turn one run's artifacts into the decision a person (or a machine) reads."""
+IDENTICAL_PROPERTY = "identical_to_warm_start"  # set by components/atomic_pusher.py
+
+
+def decision_for_run(record: RunRecord, baseline_version: Optional[int] = None) -> Decision:
+    """Turn one run's artifacts into the decision a person (or a machine) reads.
+    `baseline_version`: stable when the cycle ran (the Evaluator's baseline)."""
     from ctpipe.components.evaluation import (  # TFMA: heavy import
         failed_thresholds,
         overall_metrics,
@@ -196,7 +206,8 @@ def decision_for_run(record: RunRecord) -> Decision:
     selection = record.outputs.get("SpanSelect", {}).get("selection")
     if span is None and selection is not None and (_prop(selection, "span") or -1) >= 0:
         span = _prop(selection, "span")
-    base = dict(span=span, run_id=record.run_id, finished_at=record.finished_ms / 1000.0,
+    base = dict(span=span, run_id=record.run_id, baseline_version=baseline_version,
+                finished_at=record.finished_ms / 1000.0,
                 seconds=round((record.finished_ms - record.started_ms) / 1000.0, 1))
     if selection is not None and not _prop(selection, "pending"):
         return Decision(NO_NEW_DATA, model_version=None, metrics={}, training_spans=[],
@@ -212,6 +223,8 @@ def decision_for_run(record: RunRecord) -> Decision:
                         reasons=["the data gate did not run"], **base)
     training_spans = json.loads(_prop(state, "training_spans") or "[]")
     base["checks"] = json.loads(_prop(state, "checks") or "{}")
+    base["fresh_span_auc"] = json.loads(_prop(state, "fresh_span_auc") or "{}") or \
+        base["checks"].get("fresh_span_auc", {})
     if not _prop(state, "accepted"):
         reasons = json.loads(_prop(state, "reasons") or "[]")
         return Decision(DATA_BLOCKED, model_version=None, metrics={}, training_spans=[],
@@ -229,6 +242,14 @@ def decision_for_run(record: RunRecord) -> Decision:
                         reasons=["candidate not blessed"] + failed_thresholds(evaluation.uri),
                         **base)
     pushed = record.outputs.get("Pusher", {}).get("pushed_model")
+    if pushed is not None and not _prop(pushed, "pushed") and _prop(pushed, IDENTICAL_PROPERTY):
+        # No checkpoint beat the warm-start weights: a new version would be stable again.
+        parent = f"stable v{baseline_version}" if baseline_version is not None \
+            else "its warm-start parent"
+        return Decision(NOT_BLESSED, model_version=None, metrics=metrics,
+                        training_spans=training_spans,
+                        reasons=[f"candidate identical to {parent}: training did not beat "
+                                 "the warm-start weights, nothing pushed"], **base)
     if pushed is None or not _prop(pushed, "pushed"):
         return Decision(FAILED, model_version=None, metrics=metrics,
                         training_spans=training_spans,
@@ -253,7 +274,7 @@ def _blessed_reason(metrics: Dict[str, Dict[str, float]]) -> str:
         return f"blessed: first model, AUC {candidate} meets the value threshold"
     change = candidate - baseline if candidate is not None else 0.0
     within = ", within the allowed drop (max_auc_drop)" if change < 0 else ""
-    return (f"blessed: AUC {candidate} vs served model {baseline} ({change:+.4f}{within}) "
+    return (f"blessed: AUC {candidate} vs stable {baseline} ({change:+.4f}{within}) "
             "on this span's eval split")
 
 
@@ -274,7 +295,8 @@ def pipeline_runs(store: mlmd.MetadataStore, pipeline_name: str) -> List[mlmd_pb
 def history(store: mlmd.MetadataStore, pipeline_name: str) -> List[Decision]:
     """Every cycle, oldest first."""
     decisions = [decision_for_run(read_run(store, run, pipeline_name))
-                 for run in pipeline_runs(store, pipeline_name)]
+                 for run in pipeline_runs(store, pipeline_name)
+                 if OPERATOR_RUN not in run.custom_properties]
     try:
         for execution in store.get_executions_by_type(NO_NEW_DATA_TYPE):
             decisions.append(Decision(**json.loads(
@@ -284,7 +306,9 @@ def history(store: mlmd.MetadataStore, pipeline_name: str) -> List[Decision]:
     return sorted(decisions, key=lambda d: d.finished_at or 0.0)
 
 
-def serving_version(decisions: List[Decision]) -> Optional[int]:
+def last_pushed_version(decisions: List[Decision]) -> Optional[int]:
+    """The newest pushed version - not necessarily what serves (the release manifest's
+    stable label says that)."""
     pushed = [d.model_version for d in decisions if d.outcome == PUSHED]
     return pushed[-1] if pushed else None
 

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from ctpipe.components.ledger import LEDGER_FILE, Ledger
+from ctpipe.components.ledger import LEDGER_FILE, Ledger, read_ledger
 
 LEDGER_TYPE = "Dataset"  # components.data_gate.GateState
 PIPELINE_CONTEXT_TYPE = "pipeline"
@@ -48,22 +48,12 @@ def latest_ledger_artifact(store: mlmd.MetadataStore,
     return max(ledgers, key=lambda a: a.id) if ledgers else None
 
 
-def read_ledger_file(uri: str) -> Ledger:
-    import tensorflow as tf
-
-    path = os.path.join(uri, LEDGER_FILE)
-    if not tf.io.gfile.exists(path):
-        return Ledger()
-    with tf.io.gfile.GFile(path) as handle:
-        return Ledger.from_json(handle.read())
-
-
 def latest_ledger(store: mlmd.MetadataStore, pipeline: str) -> Tuple[Ledger, Optional[int]]:
     """(ledger, its artifact id); an empty ledger before the first gate ran."""
     artifact = latest_ledger_artifact(store, pipeline)
     if artifact is None:
         return Ledger(), None
-    return read_ledger_file(artifact.uri), artifact.id
+    return read_ledger(artifact.uri), artifact.id
 
 
 def publish_ledger(store: mlmd.MetadataStore, pipeline: str, pipeline_root: str,

@@ -54,3 +54,13 @@ class Progress:
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
+
+
+def quiet_libraries() -> None:
+    """Library warnings are for the cycle log, not the terminal."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -10,28 +10,28 @@ with bounds:
 
 A breach by the canary takes it out of traffic (the `canary` label is removed from the release
 manifest); a breach by stable while a previous stable exists rolls stable back. Each action is
-recorded in ML Metadata with the numbers behind it (pipeline/release_ops.py). With
-`promotion = "auto"`, a canary that passed every check over a window with enough traffic is
-promoted. A window with too little traffic decides nothing and says so.
+recorded in ML Metadata with the numbers behind it (pipeline/ops/release.py). With
+`promotion = "live"` (or its old name "auto"), a canary that passed every check over a window
+with enough traffic is promoted; with "both", only once fresh labels passed it too
+(pipeline/ops/fresh_labels.py). A window with too little traffic decides nothing and says so.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Optional
 
-from ctpipe.pipeline.command_line import EXIT_OK, add_config_flags, load_config
+from ctpipe.components.serving_metric_names import (
+    METRICS_PATH,
+    REQUEST_COUNT,
+    REQUEST_LATENCY,
+    SHADOW_DISAGREEMENTS,
+    SHADOW_ROWS,
+)
 from ctpipe.pipeline.config import PipelineConfig
 from ctpipe.pipeline.errors import BadInput
-
-METRICS_PATH = "/monitoring/prometheus/metrics"
-REQUEST_COUNT = ":tensorflow:serving:request_count"
-REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 
 
 @dataclasses.dataclass
@@ -87,8 +87,8 @@ def version_health(before: Samples, after: Samples, model: str, version: int) ->
             p99 = float(edge)
             break
     shadow_match = {"model_name": model, "canary_version": str(version)}
-    rows = _delta(before, after, "ctpipe_shadow_rows_total", **shadow_match)
-    flips = _delta(before, after, "ctpipe_shadow_disagreements_total", **shadow_match)
+    rows = _delta(before, after, SHADOW_ROWS, **shadow_match)
+    flips = _delta(before, after, SHADOW_DISAGREEMENTS, **shadow_match)
     return {"version": version, "requests": int(requests),
             "error_rate": round((requests - ok) / requests, 4) if requests else None,
             "p99_seconds": p99,
@@ -121,9 +121,10 @@ def enough_traffic(health: Dict[str, Any], bounds: Bounds) -> bool:
 def evaluate(config: PipelineConfig, before: Samples, after: Samples, bounds: Bounds,
              server: str, window_seconds: float) -> Dict[str, Any]:
     """One decision over one window; acts on the release manifest when a bound is breached."""
-    from ctpipe.pipeline import release_ops
+    from ctpipe.pipeline.home.release import release_state
+    from ctpipe.pipeline.ops import release as release_ops
 
-    state = release_ops.release_state(config)
+    state = release_state(config)
     report: Dict[str, Any] = {"at": round(time.time(), 3), "window_seconds": window_seconds,
                               "stable": None, "canary": None, "action": None, "reasons": []}
     if state.stable is None:
@@ -152,8 +153,11 @@ def evaluate(config: PipelineConfig, before: Samples, after: Samples, bounds: Bo
         report["reasons"] = [f"stable {state.stable}: " + "; ".join(found) +
                              " (no previous stable to roll back to)"]
         return report
-    if canary is not None and config.promotion == "auto":
-        if enough_traffic(canary, bounds):
+    if canary is not None and config.promotes_on_live_traffic:
+        if config.promotion == "both" and not _fresh_labels_passed(config, state.canary):
+            report["reasons"].append(f"canary {state.canary}: waiting for fresh labels to "
+                                     "pass it too (promotion = \"both\")")
+        elif enough_traffic(canary, bounds):
             report["action"] = release_ops.promote(
                 config, None, f"guard: canary {state.canary} passed every live check over "
                 f"{window_seconds:g} s ({canary['requests']} requests, "
@@ -163,6 +167,12 @@ def evaluate(config: PipelineConfig, before: Samples, after: Samples, bounds: Bo
                                      f"({canary['requests']} requests, "
                                      f"{canary['shadow']['rows']} shadow rows)")
     return report
+
+
+def _fresh_labels_passed(config: PipelineConfig, version: int) -> bool:
+    from ctpipe.pipeline.ops.fresh_labels import fresh_passes
+
+    return fresh_passes(config, version)
 
 
 def _figures(health: Optional[Dict[str, Any]]) -> str:
@@ -182,41 +192,6 @@ def describe(report: Dict[str, Any]) -> str:
     why = f" ({'; '.join(report['reasons'])})" if report["reasons"] and not action else ""
     return (f"guard: stable {_figures(report['stable'])} | canary {_figures(report['canary'])}"
             f"{done}{why}")
-
-
-def register(commands) -> None:
-    guard = commands.add_parser("guard", help="watch the live canary; remove it or roll back "
-                                "stable when it breaches a bound (auto-promote if configured)")
-    guard.add_argument("--home", required=True)
-    guard.add_argument("--server", required=True, help="REST address, e.g. http://host:8501")
-    guard.add_argument("--window", type=float, default=60.0, help="seconds per decision")
-    guard.add_argument("--max-error-rate", type=float, default=Bounds.max_error_rate)
-    guard.add_argument("--max-p99-ms", type=float, default=Bounds.max_p99_seconds * 1000)
-    guard.add_argument("--max-disagreement", type=float, default=Bounds.max_disagreement)
-    guard.add_argument("--min-requests", type=int, default=Bounds.min_requests)
-    guard.add_argument("--windows", type=int, help="stop after this many windows")
-    add_config_flags(guard)
-    guard.set_defaults(handler=cmd_guard)
-
-
-def cmd_guard(args: argparse.Namespace) -> int:
-    config = load_config(args, home=args.home)
-    if args.window <= 0:
-        raise BadInput(f"--window must be positive, got {args.window}")
-    bounds = Bounds(args.max_error_rate, args.max_p99_ms / 1000.0, args.max_disagreement,
-                    args.min_requests)
-    done = 0
-    before = scrape(args.server)
-    try:
-        while args.windows is None or done < args.windows:
-            time.sleep(args.window)
-            after = scrape(args.server)
-            report = evaluate(config, before, after, bounds, args.server, args.window)
-            print(json.dumps(report) if args.json else describe(report), flush=True)
-            before, done = after, done + 1
-    except KeyboardInterrupt:
-        print("guard: stopped", file=sys.stderr)
-    return EXIT_OK
 
 
 def guard_once(config: PipelineConfig, server: str, window_seconds: float,

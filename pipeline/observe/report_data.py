@@ -1,7 +1,7 @@
 """What the cycle reports show, gathered from ML Metadata and the cycles' artifacts (no HTML).
 
 Sources, per cycle (a span's page shows its latest cycle):
-  decision          the runner's `ctpipe.Cycle` record (pipeline/cycles.py): outcome, reasons,
+  decision          the runner's `ctpipe.Cycle` record (pipeline/home/cycles.py): outcome, reasons,
                     metrics, checks, training spans, version, seconds;
   its pipeline run  found by the decision's run_id (outcomes.read_run): StatisticsGen's
                     statistics, ExampleValidator's anomalies, the DataGate's state (baseline span,
@@ -10,7 +10,7 @@ Sources, per cycle (a span's page shows its latest cycle):
                     statistics_uri for accepted and quarantined spans), else that span's own run;
   release labels per cycle (stable/canary): reconstructed, see `label_history`.
 
-Artifacts of cycles older than `keep_cycles` are removed by retention (pipeline/retention.py);
+Artifacts of cycles older than `keep_cycles` are removed by retention (pipeline/run/retention.py);
 what is gone is reported as gone, never guessed. Artifact URIs are absolute: a home that was
 copied or moved is read at its new place (the part after `pipeline_root/`).
 """
@@ -22,11 +22,11 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from ctpipe.pipeline.config import PipelineConfig
-from ctpipe.pipeline.cycles import CycleRecord, OperatorAction
-from ctpipe.pipeline.outcomes import Decision, Outcome, RunRecord
+from ctpipe.pipeline.home.cycles import CycleRecord, OperatorAction
+from ctpipe.pipeline.home.outcomes import Decision, Outcome, RunRecord
 
 DRIFT_SPLIT = "train"  # components/data_gate.py: the gate's drift_split default
-RELEASE_ACTIONS = ("promote", "rollback", "remove_canary")
+RELEASE_ACTIONS = ("promote", "rollback", "remove_canary", "control_pin", "control_unpin")
 NUMERIC_BINS = 20
 TOP_CATEGORIES = 12
 OTHER_VALUES = "(other or empty)"
@@ -53,6 +53,9 @@ class CyclePoint:
     labels: Dict[str, int]  # release labels after this cycle (reconstructed)
     events: List[str]  # release changes and operator actions since the previous cycle
     finished_at: Optional[float]
+    # Every labelled version's AUC on this span before training ({version: {auc, stderr, rows,
+    # labels}}), only when the gate accepted the span (a blocked span's labels are not trusted).
+    fresh: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -110,18 +113,25 @@ class CycleView:
 # -- the home -------------------------------------------------------------------------------------
 
 
-class Home:
+def _home_paths(config: PipelineConfig):
+    from ctpipe.pipeline.home import Home
+
+    return Home.of(config)
+
+
+class HomeView:
     """One pipeline home's ML Metadata, read once per report run."""
 
     def __init__(self, config: PipelineConfig):
-        from ctpipe.pipeline import cycles, ledger_store, outcomes
         from ctpipe.pipeline.errors import BadInput
+        from ctpipe.pipeline.home import Home, cycles, ledger_store, outcomes
 
-        if not os.path.exists(config.metadata_path):
+        paths = Home.of(config)
+        if not paths.exists():
             raise BadInput(f"no pipeline home at {config.home} "
-                           f"(no {os.path.basename(config.metadata_path)})")
+                           f"(no {os.path.basename(paths.metadata_path)})")
         self.config = config
-        self.store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
+        self.store = paths.open_store()
         self.records = [r for r in cycles.cycle_records(self.store, config.pipeline_name)]
         self.actions = cycles.operator_actions(self.store, config.pipeline_name)
         self.ledger, _ = ledger_store.latest_ledger(self.store, config.pipeline_name)
@@ -144,7 +154,7 @@ class Home:
         return records[-1] if records else None
 
     def run(self, run_id: Optional[str]) -> Optional[RunRecord]:
-        from ctpipe.pipeline.outcomes import read_run
+        from ctpipe.pipeline.home.outcomes import read_run
 
         if not run_id or run_id not in self._contexts:
             return None
@@ -165,7 +175,7 @@ class Home:
             return ""
         marker = f"{os.sep}pipeline_root{os.sep}"
         if marker in uri:
-            here = os.path.join(self.config.pipeline_root, uri.split(marker, 1)[1])
+            here = os.path.join(_home_paths(self.config).pipeline_root, uri.split(marker, 1)[1])
             if os.path.exists(here):
                 return here
         return uri if os.path.exists(uri) else ""
@@ -205,7 +215,7 @@ class Home:
     def release_now(self) -> Optional[Dict[str, int]]:
         """The release manifest's labels now; None when the home has no manifest (made before
         it existed: the model base path serves its newest version)."""
-        from ctpipe.pipeline.release_ops import manifest_of, release_state
+        from ctpipe.pipeline.home.release import manifest_of, release_state
 
         if not os.path.exists(manifest_of(self.config)):
             return None
@@ -361,7 +371,12 @@ def label_history(records: List[CycleRecord], actions: List[OperatorAction],
                 labels = changed
             events.append(text)
             position += 1
-        if decision.outcome == Outcome.PUSHED:
+        settled = (decision.checks.get("release") or {}).get("after")
+        if isinstance(settled, dict):  # the runner's release step (pipeline/ops/fresh_labels.py)
+            labels = {str(k): int(v) for k, v in settled.items()}
+            if decision.outcome == Outcome.PUSHED:
+                events.append(f"pushed version {decision.model_version}: {_labels_text(labels)}")
+        elif decision.outcome == Outcome.PUSHED:
             pushed = pushed_labels(record)
             if pushed:
                 labels = pushed
@@ -374,7 +389,9 @@ def label_history(records: List[CycleRecord], actions: List[OperatorAction],
             baseline_auc=decision.metrics.get("baseline", {}).get("auc"),
             gate_auc=labels_check.get("production_auc_on_span"),
             model_version=decision.model_version, labels=dict(labels), events=events,
-            finished_at=decision.finished_at))
+            finished_at=decision.finished_at,
+            fresh=dict(decision.fresh_span_auc or {}) if decision.outcome in (
+                Outcome.PUSHED, Outcome.NOT_BLESSED) else {}))
     return points
 
 
@@ -437,7 +454,7 @@ def _missing_fraction(feature, rows: int) -> Optional[float]:
 def compare_statistics(sources: List[Tuple[str, Any]]) -> List[Distribution]:
     """Per feature of the first source: its distribution in every source, on common bins
     (numeric) or common top values (categorical), as fractions of each source's values."""
-    from ctpipe.pipeline.report_svg import nice_edges, number_text, rebin
+    from ctpipe.pipeline.observe.report_svg import nice_edges, number_text, rebin
 
     by_source = [{_feature_name(f): f for f in dataset.features} for _, dataset in sources]
     names = [name for name, _ in sources]

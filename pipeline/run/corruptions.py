@@ -65,5 +65,31 @@ def shift_payments(source: str, destination: str, fraction: float = 0.6, seed: i
     _rewrite(source, destination, change)
 
 
-CORRUPTIONS = {"break_contract": break_contract, "shuffle_labels": shuffle_labels,
+def leak_label(source: str, destination: str, seed: int = 0) -> None:
+    """An upstream join bug leaks the label into the trip's time and place: big tippers' trips
+    are stamped on days 1-3 and hours 0-11 and placed in community area 8 (pickup and
+    dropoff), the others on days 4-7 and hours 12-23 in area 32 - the two busiest areas of
+    every sample span, so both values stay in the model's vocabulary and are common in clean
+    spans. Every value is valid, day, hour and the areas have no drift comparator, and the
+    labels are true (the production model still agrees with them), so the span passes the gate.
+    A model trained on it looks excellent on this span's own eval split - it reads the answer
+    off four features at once - and is clearly worse on the next, clean span, where those
+    features say nothing: only an out-of-time check (fresh labels) catches it."""
+    def change(rows: Rows) -> None:
+        rng = random.Random(seed)
+        for row in rows:
+            tipper = row[F.LABEL_KEY] == "1"
+            row["trip_start_day"] = str(rng.randint(1, 3) if tipper else rng.randint(4, 7))
+            row["trip_start_hour"] = str(rng.randint(0, 11) if tipper else rng.randint(12, 23))
+            area = LEAK_AREAS[0] if tipper else LEAK_AREAS[1]
+            row["pickup_community_area"] = row["dropoff_community_area"] = str(area)
+    _rewrite(source, destination, change)
+
+
+# (big tipper, other): the two busiest community areas of every sample span.
+LEAK_AREAS = (8, 32)
+
+
+CORRUPTIONS = {"leak_label": leak_label,
+               "break_contract": break_contract, "shuffle_labels": shuffle_labels,
                "scale_fares": scale_fares, "shift_payments": shift_payments}

@@ -1,4 +1,5 @@
-"""Inline SVG charts for the cycle reports (pipeline/report.py): bars, histograms, line plots.
+"""Inline SVG charts for the cycle reports (pipeline/observe/report.py): bars, histograms,
+line plots.
 
 Why our own: the reports must render with no network at all (TFDV's and TFMA's Facets widgets
 load scripts from the internet) and without a new dependency. Everything here is plain Python
@@ -23,6 +24,7 @@ class Series:
     colour: str
     dashed: bool = False
     step: bool = False  # a line that holds its value until the next point (versions)
+    errors: Optional[Sequence[Number]] = None  # +- half-width of an error bar per point
 
 
 def esc(value: object) -> str:
@@ -231,6 +233,10 @@ def line_chart(x_labels: Sequence[str], series: Sequence[Series], title: str,
     plot_w, plot_h = width - left - right, height - top - bottom
     count = max(len(x_labels), 1)
     values = [v for s in series for v in s.values if v is not None]
+    for item in series:  # error bars stay inside the plot
+        for value, error in zip(item.values, item.errors or ()):
+            if value is not None and error:
+                values += [value - error, value + error]
     low, high = y_range if y_range else ((min(values), max(values)) if values else (0.0, 1.0))
     if not y_range and not integer_y:
         pad = (high - low) * 0.08 or 0.01
@@ -293,6 +299,13 @@ def line_chart(x_labels: Sequence[str], series: Sequence[Series], title: str,
                             f'stroke-width="2"{dash}/>')
             for index in run:
                 value = item.values[index]
+                error = (item.errors[index] if item.errors and index < len(item.errors)
+                         else None)
+                if error:
+                    body.append(f'<line x1="{x_at(index):.1f}" y1="{y_at(value - error):.1f}" '
+                                f'x2="{x_at(index):.1f}" y2="{y_at(value + error):.1f}" '
+                                f'stroke="{esc(item.colour)}" stroke-width="1.5" '
+                                f'data-error="{number_text(error)}"/>')
                 body.append(f'<circle cx="{x_at(index):.1f}" cy="{y_at(float(value)):.1f}" '
                             f'r="3" fill="{esc(item.colour)}"><title>{esc(item.name)} at '
                             f'{esc(x_labels[index])}: {esc(number_text(value))}</title>'

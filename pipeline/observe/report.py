@@ -1,15 +1,16 @@
 """`ctpipe report`: one self-contained HTML page per cycle, and an index linking them all.
 
 A cycle page says, from the top: the span and the outcome (big, coloured), the reasons, the AUC
-of the candidate and of the served model; then the gate's checks, the metrics overall and per
+of the candidate and of stable (the baseline); then the gate's checks, the metrics overall and per
 slice, ExampleValidator's contract anomalies, every feature's distribution against the drift
 baseline (drifted features first, marked), and the AUC and the stable/canary versions over
 all cycles up to this one. The index lists every span with its latest decision and plots the
 whole history. What the pages read, and how labels per cycle are reconstructed:
-pipeline/report_data.py.
+pipeline/observe/report_data.py.
 
 The pages load nothing: no scripts, fonts, style sheets or images from anywhere - the charts are
-inline SVG written by pipeline/report_svg.py, all text is escaped, and a Content-Security-Policy
+inline SVG written by pipeline/observe/report_svg.py, all text is escaped, and a
+Content-Security-Policy
 (default-src 'none') stops the browser fetching anything even if a URL slipped in. TFDV's and
 TFMA's Facets widgets load from the internet, so they are not used.
 
@@ -24,17 +25,15 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import tempfile
 import time
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
 
-from ctpipe.pipeline.command_line import EXIT_OK, add_config_flags, load_config
+from ctpipe.components.basics import atomic_write, first_line
 from ctpipe.pipeline.config import PipelineConfig
-from ctpipe.pipeline.report_svg import (
+from ctpipe.pipeline.observe.report_svg import (
     Series,
     esc,
     histogram,
@@ -45,24 +44,16 @@ from ctpipe.pipeline.report_svg import (
 )
 
 if TYPE_CHECKING:  # ML Metadata and TensorFlow load only when a report is written
-    from ctpipe.pipeline.report_data import CyclePoint, CycleView, Distribution, Home
+    from ctpipe.pipeline.observe.report_data import CyclePoint, CycleView, Distribution, HomeView
 
-REPORTS_DIR = "reports"
 INDEX_FILE = "index.html"
 CYCLE_META = "ctpipe-cycle"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
-# outcome -> (headline, what it means, colour)
-OUTCOMES: Dict[str, tuple] = {
-    "pushed": ("PUSHED", "candidate blessed and published", "#15803d"),
-    "data_blocked": ("DATA BLOCKED", "span quarantined, nothing trained, production unchanged",
-                     "#b91c1c"),
-    "not_blessed": ("NOT BLESSED", "candidate rejected, production unchanged", "#b45309"),
-    "failed": ("FAILED", "the span stays pending and is retried, production unchanged",
-               "#7f1d1d"),
-    "gave_up": ("GAVE UP", "span quarantined after repeated failures, production unchanged",
-                "#6b21a8"),
-    "no_new_data": ("NOTHING NEW", "no span to process", "#4b5563"),
+# outcome -> banner colour (the headline and its meaning: formatting.HEADLINES)
+OUTCOME_COLOURS: Dict[str, str] = {
+    "pushed": "#15803d", "data_blocked": "#b91c1c", "not_blessed": "#b45309",
+    "failed": "#7f1d1d", "gave_up": "#6b21a8", "no_new_data": "#4b5563",
 }
 CURRENT, BASELINE, REFERENCE = "#2563eb", "#9ca3af", "#d97706"
 STABLE, CANARY, GATE = "#15803d", "#d97706", "#7c3aed"
@@ -70,7 +61,9 @@ SOURCE_COLOURS = (CURRENT, BASELINE, REFERENCE, "#0891b2")
 
 
 def reports_dir(config: PipelineConfig) -> str:
-    return os.path.join(config.home, REPORTS_DIR)
+    from ctpipe.pipeline.home import Home
+
+    return Home.of(config).reports_dir
 
 
 def page_name(span: int) -> str:
@@ -81,7 +74,7 @@ def page_name(span: int) -> str:
 
 
 def write_cycle_report(config: PipelineConfig, span: int, out_path: str,
-                       home: Optional["Home"] = None, index_name: str = INDEX_FILE) -> str:
+                       home: Optional["HomeView"] = None, index_name: str = INDEX_FILE) -> str:
     """Write the page of `span`'s latest cycle to `out_path`; returns its path. The page
     links back to `index_name` beside it."""
     home = home or _home(config)
@@ -89,7 +82,7 @@ def write_cycle_report(config: PipelineConfig, span: int, out_path: str,
     return out_path
 
 
-def write_index(config: PipelineConfig, out_dir: str, home: Optional["Home"] = None,
+def write_index(config: PipelineConfig, out_dir: str, home: Optional["HomeView"] = None,
                 index_name: str = INDEX_FILE) -> str:
     """Write `<out_dir>/index.html` (every span, linked to span-<N>.html); returns its path."""
     home = home or _home(config)
@@ -124,15 +117,15 @@ def write_after_cycle(config: PipelineConfig, say=lambda line: None) -> Optional
     try:
         return write_all(config, reports_dir(config), say=say)
     except Exception as error:  # noqa: BLE001 - the cycle's decision stands without its page
-        first = str(error).splitlines()[0][:200] if str(error) else ""
+        first = first_line(error, 200)
         say(f"report: not written: {type(error).__name__}: {first}")
         return None
 
 
-def _home(config: PipelineConfig) -> "Home":
-    from ctpipe.pipeline.report_data import Home
+def _home(config: PipelineConfig) -> "HomeView":
+    from ctpipe.pipeline.observe.report_data import HomeView
 
-    return Home(config)
+    return HomeView(config)
 
 
 def written_cycle(path: str) -> Optional[int]:
@@ -147,54 +140,10 @@ def written_cycle(path: str) -> Optional[int]:
 
 def _write(path: str, text: str) -> None:
     """Replace the file whole (a browser refreshing it never sees half a page)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_write(path, text, mode=0o644)
 
 
-# -- the CLI --------------------------------------------------------------------------------------
-
-
-def register(commands) -> None:
-    report = commands.add_parser(
-        "report", help="HTML pages: every cycle's decision, data, metrics and versions")
-    report.add_argument("--home", required=True, help="pipeline home (reads its ML Metadata)")
-    report.add_argument("--span", type=int,
-                        help="only this span's page (default: every span's page and the index)")
-    report.add_argument("--out", help="the page file (with --span) or the index file, pages "
-                        "beside it (default: <home>/reports/)")
-    report.add_argument("--rewrite", action="store_true",
-                        help="rewrite pages already written for the same cycle (they lose the "
-                        "statistics and evaluations that retention removed since)")
-    add_config_flags(report)
-    report.set_defaults(handler=cmd_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    config = load_config(args, home=args.home)
-    if args.span is not None:
-        out = args.out or os.path.join(reports_dir(config), page_name(args.span))
-        path = write_cycle_report(config, args.span, out)
-        result = {"page": os.path.abspath(path)}
-    else:
-        out = os.path.abspath(args.out or os.path.join(reports_dir(config), INDEX_FILE))
-        index = write_all(config, os.path.dirname(out), rewrite=args.rewrite, say=_stderr,
-                          index_name=os.path.basename(out))
-        result = {"index": os.path.abspath(index)}
-    print(json.dumps(result) if args.json else next(iter(result.values())))
-    return EXIT_OK
-
-
-def _stderr(line: str) -> None:
+def stderr_line(line: str) -> None:
     import sys
 
     print(line, file=sys.stderr, flush=True)
@@ -261,7 +210,10 @@ def _page(title: str, banner: str, body: List[str], meta: str = "") -> str:
 
 
 def _outcome(outcome: str) -> tuple:
-    return OUTCOMES.get(outcome, (outcome.upper(), "", "#374151"))
+    from ctpipe.pipeline.observe.formatting import HEADLINES
+
+    headline, meaning = HEADLINES.get(outcome, (outcome.upper(), ""))
+    return headline, meaning, OUTCOME_COLOURS.get(outcome, "#374151")
 
 
 def _fact(key: str, value: object, note: str = "", ident: str = "") -> str:
@@ -285,7 +237,7 @@ def _table(header: List[str], rows: Iterable[List[object]], numeric: Iterable[in
 
 
 def _time(seconds: Optional[float]) -> str:
-    from ctpipe.pipeline.formatting import time_text
+    from ctpipe.pipeline.observe.formatting import time_text
 
     return time_text(seconds) if seconds else "-"
 
@@ -320,6 +272,7 @@ def render_cycle(view: CycleView, config: PipelineConfig, index_name: str = INDE
             _metrics(view), _anomalies(view),
             _history(view.points, highlight=len(view.points) - 1,
                      subject=f"up to span {view.record.span}"),
+            _fresh(view.points, highlight=len(view.points) - 1),
             _statistics(view), _attempts(view), _provenance(view)]
     meta = f'<meta name="{CYCLE_META}" content="{view.record.id}">'
     return _page(f"span {view.record.span}: {headline} - {config.pipeline_name}", banner, body,
@@ -336,7 +289,7 @@ def _facts(view: CycleView) -> str:
               ("-" if trained else "not trained"),
               "the model trained in this cycle" if trained else "no model was trained",
               "auc-candidate"),
-        _fact("served model AUC (baseline)", number_text(baseline) if baseline is not None else
+        _fact("stable AUC (baseline)", number_text(baseline) if baseline is not None else
               "-", "same eval split; change " + _change(candidate, baseline) if baseline
               is not None else ("first model: no baseline" if trained else
                                 "nothing was evaluated"), "auc-baseline"),
@@ -395,7 +348,29 @@ def _checks(decision) -> str:
     if warm:
         which = "Warm start" if trained else "Warm start (had the span been accepted)"
         parts.append(f"<p>{which}: {esc(warm.get('reason', ''))}</p>")
-    other = {k: v for k, v in decision.checks.items() if k not in ("labels", "warm_start")}
+    fresh = decision.fresh_span_auc or decision.checks.get("fresh_span_auc") or {}
+    if fresh:
+        parts.append("<p>Fresh-span AUC: every labelled version scored this span's eval split "
+                     "before anything trained on it.</p>")
+        parts.append(_table(["version", "labels", "AUC", "± stderr", "rows"], [
+            [f"v{v}", ", ".join(x.get("labels") or [x.get("label", "")]),
+             number_text(x.get("auc")) if x.get("auc") is not None else x.get("error", "-"),
+             number_text(x.get("stderr")), x.get("rows")]
+            for v, x in sorted(fresh.items(), key=lambda item: int(item[0]))], [2, 3, 4]))
+    release_step = decision.checks.get("release") or {}
+    judged = release_step.get("fresh_labels")
+    if judged:
+        applied = "" if judged.get("applied", True) else " (not applied: promotion is not " \
+            "fresh_labels)"
+        parts.append(f"<p>Release by fresh labels: <b>{esc(judged.get('action') or 'none')}"
+                     f"</b>{esc(applied)} - {esc(judged.get('reason', ''))}</p>")
+    versus = release_step.get("candidate_vs_canary")
+    if versus:
+        parts.append(f"<p>New version vs the canary it would replace, same eval rows: "
+                     f"v{esc(versus['candidate'])} {esc(number_text(versus['candidate_auc']))} "
+                     f"vs v{esc(versus['canary'])} {esc(number_text(versus['canary_auc']))}</p>")
+    other = {k: v for k, v in decision.checks.items()
+             if k not in ("labels", "warm_start", "fresh_span_auc", "release")}
     if other:
         parts.append(f"<p class=\"note\">other checks: <code>{esc(json.dumps(other))}</code></p>")
     if len(parts) == 1:
@@ -407,7 +382,7 @@ def _checks(decision) -> str:
 def _metrics(view: CycleView) -> str:
     from ctpipe.components.evaluation import REPORTED_METRICS
 
-    parts = ['<h2 id="metrics">Candidate vs served model</h2>']
+    parts = ['<h2 id="metrics">Candidate vs stable</h2>']
     metrics = view.decision.metrics
     if metrics:
         rows = []
@@ -510,7 +485,7 @@ def _history(points: List[CyclePoint], highlight: Optional[int], subject: str) -
     marks = [(i, _outcome(p.outcome)[2], f"span {p.label}: {p.outcome}")
              for i, p in enumerate(points)]
     auc = [Series("candidate AUC", [p.candidate_auc for p in points], CURRENT),
-           Series("served model AUC", [p.baseline_auc for p in points], BASELINE),
+           Series("stable AUC", [p.baseline_auc for p in points], BASELINE),
            Series("production model on the new span (label check)",
                   [p.gate_auc for p in points], GATE, dashed=True)]
     parts.append(line_chart(labels, auc, "AUC over cycles", y_label="AUC",
@@ -525,14 +500,50 @@ def _history(points: List[CyclePoint], highlight: Optional[int], subject: str) -
     parts.append('<p class="note">x: span of each cycle in the order they ran (·2 = second '
                  "attempt); dots under the axis: the outcome's colour. Versions are the release "
                  "labels after each cycle, replayed from ML Metadata: each push's labels (the "
-                 "Pusher's release_* properties) and every promote / rollback / remove_canary "
+                 "runner's release step) and every promote / rollback / remove_canary / control "
                  "action's labels after; an action between two cycles shows on the later one."
                  "</p>")
     return "".join(parts)
 
 
+VERSION_COLOURS = ("#15803d", "#d97706", "#2563eb", "#7c3aed", "#0891b2", "#be185d", "#4b5563",
+                   "#65a30d")
+
+
+def _fresh(points: List[CyclePoint], highlight: Optional[int]) -> str:
+    """Each version's AUC on every accepted span before training on it (out-of-time), and the
+    lift stable - control with its 95% error bar."""
+    from ctpipe.pipeline.observe.health import fresh_lift
+
+    scored = [p for p in points if p.fresh]
+    parts = ['<h2 id="fresh">Fresh-span AUC: every live version on each new span</h2>']
+    if not scored:
+        return parts[0] + "<p>no fresh-span evaluation yet</p>"
+    labels = [p.label for p in points]
+    versions = sorted({int(v) for p in scored for v in p.fresh}, key=int)
+    series = [Series(f"v{v}", [(p.fresh.get(str(v)) or {}).get("auc") for p in points],
+                     VERSION_COLOURS[i % len(VERSION_COLOURS)])
+              for i, v in enumerate(versions)]
+    parts.append(line_chart(labels, series, "each version's AUC on the new span (before "
+                            "training on it)", y_label="AUC", highlight=highlight))
+    lifts = [fresh_lift(p.fresh) if p.fresh else None for p in points]
+    if any(lifts):
+        parts.append(line_chart(labels, [Series(
+            "lift = stable - control (bar: 95%)", [x[0] if x else None for x in lifts], STABLE,
+            errors=[round(1.96 * x[1], 4) if x else None for x in lifts])],
+            "lift of stable over the pinned control", y_label="AUC lift", highlight=highlight,
+            height=200))
+    parts.append('<p class="note">Labels arrive with the next span, and no live version has '
+                 "seen it: these are honest out-of-time numbers (blocked spans left out: their "
+                 "labels are not trusted). With promotion = fresh_labels a canary not worse than "
+                 "stable beyond the noise tolerance is promoted, a clearly worse one retired "
+                 "(actions by fresh_labels below). A version's line over spans after its "
+                 "training window shows how fast it decays.</p>")
+    return "".join(parts)
+
+
 def _attempts(view: CycleView) -> str:
-    from ctpipe.pipeline.cycles import RUNNING
+    from ctpipe.pipeline.home.cycles import RUNNING
 
     rows = []
     for record in view.attempts:
@@ -571,7 +582,7 @@ def render_error(span: int, error: BaseException, index_name: str = INDEX_FILE) 
 # -- the index ------------------------------------------------------------------------------------
 
 
-def render_index(home: Home) -> str:
+def render_index(home: "HomeView") -> str:
     config = home.config
     points = home.points()
     now = home.release_now()
@@ -600,12 +611,14 @@ def render_index(home: Home) -> str:
         facts += [_fact("stable", now.get("stable", "none"), "release manifest now",
                         "stable"),
                   _fact("canary", now.get("canary", "none"), "release manifest now", "canary"),
-                  _fact("previous", now.get("previous", "none"), "rollback target")]
+                  _fact("previous", now.get("previous", "none"), "rollback target"),
+                  _fact("control", now.get("control", "none"), "pinned for good (lift)")]
     if now is not None and newest is not None and newest.labels != now:
         facts.append(_fact("labels after the last cycle", _labels_text(newest.labels),
                            "changed since by an action after the last cycle"))
     body = [f'<section class="facts">{"".join(facts)}</section>',
             _history(points, highlight=None, subject="all cycles"),
+            _fresh(points, highlight=None),
             '<h2 id="spans">Every span</h2>', _span_table(home, latest, points)]
     nothing_new = sum(1 for r in home.records if r.decision is not None
                       and r.decision.outcome.value == "no_new_data")
@@ -614,7 +627,8 @@ def render_index(home: Home) -> str:
     if home.actions:
         body.append('<h2 id="actions">Operator actions</h2>')
         body.append(_table(["at", "action", "span", "by", "reason", "details"], [
-            [_time(a.at), a.action, a.span if a.span is not None else "-", a.user, a.reason,
+            [_time(a.at), a.action, a.span if a.span is not None else "-",
+             a.details.get("by") or a.user, a.reason,
              json.dumps(a.details, sort_keys=True)] for a in home.actions]))
     return _page(f"{config.pipeline_name}: cycle reports", banner, body)
 
@@ -631,7 +645,7 @@ def _why(decision) -> str:
     return reasons[0] if reasons else ""
 
 
-def _span_table(home: "Home", latest, points: List[CyclePoint]) -> str:
+def _span_table(home: "HomeView", latest, points: List[CyclePoint]) -> str:
     labels_after = {p.record_id: p.labels for p in points}
     rows = []
     for span in sorted(latest, reverse=True):

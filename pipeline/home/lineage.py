@@ -13,7 +13,6 @@ service alike (`--mlmd-host`); local homes add the runner's cycle records and op
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, Dict, List, Optional
@@ -21,9 +20,8 @@ from typing import Any, Dict, List, Optional
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from ctpipe.components.layout import LINEAGE_FILE, WINDOW_FILE
-from ctpipe.pipeline.command_line import EXIT_OK, add_config_flags, load_config
 from ctpipe.pipeline.errors import BadInput
-from ctpipe.pipeline.outcomes import _prop
+from ctpipe.pipeline.home.outcomes import _prop
 
 MAX_CHAIN = 1000  # a warm-start chain longer than this is a loop in corrupted metadata
 
@@ -212,118 +210,3 @@ def timeline(decisions: List[Any], actions: List[Any], index: ModelIndex) -> Lis
                         "before": (action.details or {}).get("before"),
                         "after": (action.details or {}).get("after")})
     return sorted(entries, key=lambda e: e["at"] or 0.0)
-
-
-# -- for a person -------------------------------------------------------------------------------
-
-
-def timeline_text(entries: List[Dict[str, Any]]) -> str:
-    from ctpipe.pipeline.formatting import labels_change, time_text
-
-    lines = []
-    for entry in entries:
-        when = time_text(entry["at"]) if entry["at"] else "?"
-        if entry["kind"] == "cycle":
-            auc = (entry["metrics"].get("candidate") or {}).get("auc")
-            base = (entry["metrics"].get("baseline") or {}).get("auc")
-            versus = f" AUC {auc} vs {base}" if auc is not None else ""
-            pushed = f" -> v{entry['model_version']}" if entry["model_version"] else ""
-            parent = (f", warm start v{entry['warm_start_parent']}"
-                      if entry["warm_start_parent"] else "")
-            window = ",".join(map(str, entry["training_spans"])) or "-"
-            seconds = f" {entry['seconds']:.0f}s" if entry["seconds"] is not None else ""
-            lines.append(f"{when}  span {entry['span']} {entry['outcome']}{pushed}{versus} "
-                         f"(window {window}{parent}){seconds}: "
-                         f"{(entry['reasons'] or [''])[0][:100]}")
-        else:
-            subject = (f"span {entry['span']}" if entry["span"] is not None
-                       else labels_change(entry))
-            who = entry["by"] or entry["user"]
-            lines.append(f"{when}  {entry['action']} {subject} by {who}: {entry['reason']}")
-    return "\n".join(lines) or "no cycles yet"
-
-
-def lineage_text(found: Dict[str, Any]) -> str:
-    from ctpipe.pipeline.formatting import time_text
-
-    lines = [f"version {found['version']}: trained on spans "
-             f"{', '.join(map(str, found['training_spans'])) or '?'}"]
-    if found["training_examples_uri"]:
-        lines.append(f"  training examples: {found['training_examples_uri']}")
-    for uri in found["statistics_uris"]:
-        lines.append(f"  statistics: {uri}")
-    training = found["training"]
-    if training:
-        lines.append(f"  training: {training.get('steps_run')} of {training.get('steps_budget')}"
-                     f" steps, best eval loss {training.get('best_val_loss')}")
-    lines.append("  warm-start chain:")
-    for link in found["warm_start_chain"]:
-        label = f"v{link['version']}" if link["version"] else "unpushed model"
-        spans = ",".join(map(str, link["training_spans"])) or "?"
-        lines.append(f"    {label} (spans {spans}): {link['warm_start'] or 'warm start'}"
-                     + (" [files removed by retention]" if link["files_removed"] else ""))
-    baseline = found["baseline"]
-    lines.append("  compared with: " + ("nothing (first model)" if baseline is None else
-                                        f"v{baseline['version'] or '?'}"))
-    cycle = found["pushed_by_cycle"]
-    if cycle:
-        lines.append(f"  pushed by the cycle of span {cycle['span']}: {cycle['reasons'][0]}")
-    for event in found["release_events"]:
-        lines.append(f"  {time_text(event['at'])} {event['action']} "
-                     f"({', '.join(event['labels'])}) by {event['by'] or event['user']}: "
-                     f"{event['reason']}")
-    return "\n".join(lines)
-
-
-# -- CLI ---------------------------------------------------------------------------------------
-
-
-def register(commands) -> None:
-    history = commands.add_parser("history", help="every cycle and operator action, in order")
-    lineage_parser = commands.add_parser(
-        "lineage", help="what trained a served version, its warm-start chain, its releases")
-    lineage_parser.add_argument("version", type=int)
-    for parser in (history, lineage_parser):
-        where = parser.add_mutually_exclusive_group(required=True)
-        where.add_argument("--home", help="local pipeline home (SQLite ML Metadata)")
-        where.add_argument("--mlmd-host", help="ML Metadata gRPC host (Kubeflow)")
-        parser.add_argument("--mlmd-port", type=int, default=8080)
-        add_config_flags(parser)
-    history.set_defaults(handler=cmd_history)
-    lineage_parser.set_defaults(handler=cmd_lineage)
-
-
-def _open(args: argparse.Namespace):
-    """(config, store, decisions, actions) for a local home or Kubeflow's metadata service."""
-    import ml_metadata as mlmd
-
-    from ctpipe.pipeline import cycles, outcomes
-
-    config = load_config(args, home=args.home)
-    if args.mlmd_host:
-        try:
-            store = outcomes.open_store(outcomes.grpc_connection(args.mlmd_host,
-                                                                 args.mlmd_port))
-            return config, store, outcomes.history(store, config.pipeline_name), []
-        except (mlmd.errors.UnavailableError, mlmd.errors.DeadlineExceededError) as error:
-            raise BadInput(f"ML Metadata at {args.mlmd_host}:{args.mlmd_port} is unreachable: "
-                           f"{str(error).splitlines()[0][:200]}")
-    if not os.path.exists(config.metadata_path):
-        raise BadInput(f"no pipeline home at {args.home} (no metadata.sqlite)")
-    store = outcomes.open_store(outcomes.sqlite_connection(config.metadata_path))
-    return (config, store, cycles.history(store, config.pipeline_name),
-            cycles.operator_actions(store, config.pipeline_name))
-
-
-def cmd_history(args: argparse.Namespace) -> int:
-    _, store, decisions, actions = _open(args)
-    entries = timeline(decisions, actions, ModelIndex(store))
-    print(json.dumps(entries) if args.json else timeline_text(entries))
-    return EXIT_OK
-
-
-def cmd_lineage(args: argparse.Namespace) -> int:
-    config, store, decisions, actions = _open(args)
-    found = lineage(store, config.pipeline_name, args.version, actions, decisions)
-    print(json.dumps(found) if args.json else lineage_text(found))
-    return EXIT_OK

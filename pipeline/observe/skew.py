@@ -31,272 +31,33 @@ Where the numbers come from:
             tfdv.validate_statistics(training, schema, serving_statistics=serving). The data gate
             never passes serving statistics, so skew comparators do not change its decisions.
 
-The request log file layout (which files are complete) is defined here, below the serving area,
-so that both the writer (serving/request_log.py) and this reader use one definition.
+Decoding the logged requests: pipeline/observe/skew_decode.py; the log file layout:
+components/request_log_format.py (one definition for writer and reader).
 """
 from __future__ import annotations
 
-import argparse
-import collections
 import dataclasses
 import json
-import math
 import os
-import tempfile
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from ctpipe.components.basics import atomic_write
 from ctpipe.pipeline.errors import BadInput
+from ctpipe.pipeline.home import Home
+from ctpipe.pipeline.observe.skew_decode import (
+    ServingData,
+    serving_data,
+    statistics_of_examples,
+    statistics_of_tfrecords,
+)
 
-# Complete request log files: requests-<unix ms>-<seq>.tfrecord (writers keep partial files
-# hidden, with a .tmp suffix, and rename them when closed).
-LOG_PREFIX = "requests-"
-LOG_SUFFIX = ".tfrecord"
-
-EXIT_OK, EXIT_SKEW = 0, 3
 # Fewer rows than this make the comparators' estimates noise: on the sample spans, 100 clean
 # requests stay below every threshold (schema/schema.pbtxt), far fewer do not.
 MIN_EXAMPLES = 100
-# Predict inputs that carry serialized tf.Examples (serving_default, classification).
-SERIALIZED_INPUTS = ("examples", "inputs")
 COMPARATOR_PREFIX = "COMPARATOR_"
 COMPARATOR_NAMES = {"L_INFTY": "infinity_norm",
                     "JENSEN_SHANNON_DIVERGENCE": "jensen_shannon_divergence",
                     "NORMALIZED_ABSOLUTE_DIFFERENCE": "normalized_abs_difference"}
-
-
-# -- reading request logs --------------------------------------------------------------------
-
-def complete_log_files(directory: str) -> List[str]:
-    """The complete request log files in `directory`, oldest first."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.isdir(directory):
-        return []
-    names = [name.strip("/") for name in tf.io.gfile.listdir(directory)]
-    return [os.path.join(directory, name) for name in sorted(names)
-            if name.startswith(LOG_PREFIX) and name.endswith(LOG_SUFFIX)]
-
-
-def read_logs(directory: str) -> Iterator[Any]:
-    """Every PredictionLog of the complete files in `directory`, oldest file first. A file the
-    writer's rotation deletes between listing and reading is skipped."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    for path in complete_log_files(directory):
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                yield prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        except tf.errors.NotFoundError:
-            continue
-
-
-# -- requests -> tf.Examples -----------------------------------------------------------------
-
-def _raw_kinds() -> Dict[str, str]:
-    """Raw feature name -> 'float' | 'int' | 'string' | 'int_numeric' (an integer column the
-    serving_raw signature takes as float32: trip_seconds)."""
-    from ctpipe.components import features as F
-
-    kinds = {name: ("int_numeric" if dtype.startswith("int") else "float")
-             for name, dtype in F.NUMERIC_FEATURES.items()}
-    kinds.update({name: "int" for name in F.CATEGORICAL_INT_FEATURES})
-    kinds.update({name: "string" for name in F.CATEGORICAL_STRING_FEATURES})
-    return kinds
-
-
-def _is_missing(kind: str, value: Any) -> bool:
-    from ctpipe.components import features as F
-
-    if kind in ("float", "int_numeric"):
-        return value is None or math.isnan(float(value))
-    if kind == "int":
-        return int(value) == F.MISSING_INT
-    return value in (F.MISSING_STRING, F.MISSING_STRING.encode())
-
-
-def example_from_values(values: Dict[str, Any]):
-    """One raw row (feature -> scalar) as the tf.Example CsvExampleGen would have written:
-    missing values absent, integer columns as int64."""
-    import tensorflow as tf
-
-    kinds = _raw_kinds()
-    example = tf.train.Example()
-    for name, value in values.items():
-        kind = kinds.get(name)
-        if kind is None or _is_missing(kind, value):
-            continue
-        feature = example.features.feature[name]
-        if kind == "float":
-            feature.float_list.value.append(float(value))
-        elif kind == "int_numeric":
-            feature.int64_list.value.append(int(round(float(value))))
-        elif kind == "int":
-            feature.int64_list.value.append(int(value))
-        else:
-            feature.bytes_list.value.append(value if isinstance(value, bytes)
-                                            else str(value).encode())
-    return example
-
-
-def clean_example(example):
-    """A served tf.Example with the missing-value conventions removed (NaN, -1 codes, empty
-    strings of the known features): the model reads those as missing, so statistics must too."""
-    kinds = _raw_kinds()
-    features = example.features.feature
-    for name in [n for n in features if n in kinds]:
-        feature = features[name]
-        which = feature.WhichOneof("kind")
-        values = list(getattr(feature, which).value) if which else []
-        kept = [v for v in values if not _is_missing(kinds[name], v)]
-        if not kept:
-            del features[name]
-        elif len(kept) != len(values):
-            del getattr(feature, which).value[:]
-            getattr(feature, which).value.extend(kept)
-    return example
-
-
-def _rows_of_raw(inputs) -> Optional[List[Dict[str, Any]]]:
-    import tensorflow as tf
-
-    kinds = _raw_kinds()
-    arrays = {name: tf.make_ndarray(proto) for name, proto in inputs.items() if name in kinds}
-    if not arrays:
-        return None
-    columns = {name: array.reshape(array.shape[0] if array.ndim else 1, -1)
-               for name, array in arrays.items()}
-    sizes = {column.shape[0] for column in columns.values()}
-    if len(sizes) != 1:
-        return None  # inconsistent batch: the server rejected it too
-    rows = sizes.pop()
-    return [{name: column[i][0] for name, column in columns.items() if column.shape[1]}
-            for i in range(rows)]
-
-
-def _examples_of_input(request_input) -> List[Any]:
-    """tensorflow.serving.Input: example_list, or example_list_with_context (context merged
-    into every example, as the server does)."""
-    import tensorflow as tf
-
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        copies = []
-        for example in request_input.example_list.examples:
-            copy = tf.train.Example()
-            copy.CopyFrom(example)
-            copies.append(clean_example(copy))
-        return copies
-    if kind == "example_list_with_context":
-        listed = request_input.example_list_with_context
-        merged = []
-        for example in listed.examples:
-            combined = tf.train.Example()
-            combined.CopyFrom(listed.context)
-            combined.MergeFrom(example)
-            merged.append(clean_example(combined))
-        return merged
-    return []
-
-
-def examples_of_log(log) -> Tuple[str, Optional[List[Any]]]:
-    """(signature name, its rows as tf.Examples); rows None for a record of no known form."""
-    import tensorflow as tf
-    from tensorflow.core.framework import types_pb2
-
-    kind = log.WhichOneof("log_type")
-    if kind not in ("predict_log", "classify_log", "regress_log", "multi_inference_log"):
-        return kind or "unknown", None
-    request = getattr(log, kind).request
-    if kind == "multi_inference_log":
-        tasks = request.tasks
-        signature = tasks[0].model_spec.signature_name if tasks else ""
-    else:
-        signature = request.model_spec.signature_name
-    signature = signature or log.log_metadata.model_spec.signature_name or "serving_default"
-    if kind != "predict_log":
-        return signature, _examples_of_input(request.input) or None
-    for alias in SERIALIZED_INPUTS:
-        proto = request.inputs.get(alias)
-        if proto is not None and proto.dtype == types_pb2.DT_STRING:
-            serialized = tf.make_ndarray(proto).reshape(-1)
-            try:
-                return signature, [clean_example(tf.train.Example.FromString(bytes(s)))
-                                   for s in serialized]
-            except Exception:  # noqa: BLE001 - not tf.Examples after all (DecodeError)
-                return signature, None
-    rows = _rows_of_raw(request.inputs)
-    if rows is None:
-        return signature, None
-    return signature, [example_from_values(row) for row in rows]
-
-
-@dataclasses.dataclass
-class ServingData:
-    examples: List[Any]
-    requests: int  # log records whose rows were used
-    signatures: Dict[str, int]  # records per signature
-    skipped: int  # records of no known form
-    files: int
-
-
-def serving_data(requests_dir: str) -> ServingData:
-    """The rows of every usable logged request. BadInput when there is nothing to compare."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.isdir(requests_dir):
-        raise BadInput(f"no request log directory {requests_dir}")
-    files = complete_log_files(requests_dir)
-    if not files:
-        raise BadInput(f"no complete request log file ({LOG_PREFIX}*{LOG_SUFFIX}) "
-                       f"in {requests_dir}")
-    examples: List[Any] = []
-    signatures: Dict[str, int] = collections.Counter()
-    skipped = used = 0
-    try:
-        for log in read_logs(requests_dir):
-            signature, rows = examples_of_log(log)
-            if not rows:
-                skipped += 1
-                continue
-            used += 1
-            signatures[signature] += 1
-            examples.extend(rows)
-    except tf.errors.OpError as error:
-        raise BadInput(f"request log in {requests_dir} is unreadable: "
-                       f"{str(error).splitlines()[0][:200]}")
-    except Exception as error:  # noqa: BLE001 - a record that is not a PredictionLog
-        raise BadInput(f"request log in {requests_dir} holds a record that is not a "
-                       f"PredictionLog: {type(error).__name__}")
-    if not examples:
-        raise BadInput(f"no request of a known signature in {requests_dir} "
-                       f"({skipped} record(s) of none: expected serving_raw features or "
-                       "serialized tf.Examples)")
-    return ServingData(examples=examples, requests=used, signatures=dict(signatures),
-                       skipped=skipped, files=len(files))
-
-
-def statistics_of_examples(examples: Iterable[Any]):
-    """TFDV statistics of tf.Examples (in a scratch TFRecord file that is removed after)."""
-    import tensorflow as tf
-    import tensorflow_data_validation as tfdv
-
-    with tempfile.TemporaryDirectory() as scratch:
-        path = os.path.join(scratch, "requests.tfrecord")
-        with tf.io.TFRecordWriter(path) as writer:
-            for example in examples:
-                writer.write(example.SerializeToString())
-        return tfdv.generate_statistics_from_tfrecord(
-            path, output_path=os.path.join(scratch, "stats.tfrecord"))
-
-
-def statistics_of_tfrecords(pattern: str):
-    """TFDV statistics of TFRecord files of tf.Examples (.gz ones are decompressed)."""
-    import tensorflow_data_validation as tfdv
-
-    with tempfile.TemporaryDirectory() as scratch:
-        return tfdv.generate_statistics_from_tfrecord(
-            pattern, output_path=os.path.join(scratch, "stats.tfrecord"))
 
 
 # -- the comparison ----------------------------------------------------------------------------
@@ -377,8 +138,8 @@ class TrainingData:
 
 def training_data(store, version: int) -> TrainingData:
     """The Model pushed as `version`, its training spans and the Trainer's input examples
-    (the ML Metadata walk `ctpipe lineage` makes: pipeline/lineage.py ModelIndex)."""
-    from ctpipe.pipeline.lineage import ModelIndex, lineage_file
+    (the ML Metadata walk `ctpipe lineage` makes: pipeline/home/lineage.py ModelIndex)."""
+    from ctpipe.pipeline.home.lineage import ModelIndex, lineage_file
 
     index = ModelIndex(store)
     model = index.model_of_version.get(version)
@@ -405,7 +166,7 @@ def training_statistics(store, pipeline_name: str, data: TrainingData
     import tensorflow as tf
     import tensorflow_data_validation as tfdv
 
-    from ctpipe.pipeline.ledger_store import latest_ledger
+    from ctpipe.pipeline.home.ledger_store import latest_ledger
 
     if data.examples_uri:
         pattern = os.path.join(data.examples_uri, "Split-train", "*")
@@ -454,16 +215,16 @@ def skew_report(config, requests_dir: str, min_examples: int = MIN_EXAMPLES) -> 
     {"drifted", "anomalies", "measurements", "requests", "examples", "signatures",
      "production_version", "version_source", "training_spans", "training_statistics"}."""
     from ctpipe.components.curated_schema import load_contract
-    from ctpipe.pipeline.outcomes import open_store, sqlite_connection
+    from ctpipe.pipeline.home.store import open_store, sqlite_connection
 
     serving = serving_data(requests_dir)
     _check_enough(serving, min_examples)  # before any heavy work
-    if not os.path.exists(config.metadata_path):
+    if not os.path.exists(Home.of(config).metadata_path):
         raise BadInput(f"no pipeline home at {config.home} (no "
-                       f"{os.path.basename(config.metadata_path)})")
+                       f"{os.path.basename(Home.of(config).metadata_path)})")
     version, version_source = production_version(config.home, config.model_name,
-                                                  config.serving_model_dir)
-    store = open_store(sqlite_connection(config.metadata_path))
+                                                  Home.of(config).model_dir)
+    store = open_store(sqlite_connection(Home.of(config).metadata_path))
     data = training_data(store, version)
     statistics, source = training_statistics(store, config.pipeline_name, data)
     report = compare(statistics, serving, load_contract(config.schema_path), min_examples)
@@ -501,48 +262,14 @@ def format_report(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# -- the command -------------------------------------------------------------------------------
-
-def register(commands) -> None:
-    from ctpipe.pipeline.command_line import add_config_flags
-
-    skew = commands.add_parser(
-        "skew", help="logged requests vs the production model's training data (exit 3: skew)")
-    skew.add_argument("--home", required=True, help="pipeline home (ML Metadata, serving)")
-    skew.add_argument("--requests", required=True,
-                      help="request log directory (ctpipe serve --request-log-dir)")
-    skew.add_argument("--min-examples", type=int, default=MIN_EXAMPLES,
-                      help=f"fewest logged rows to compare (default {MIN_EXAMPLES})")
-    add_config_flags(skew)
-    skew.set_defaults(handler=cmd_skew)
-
-
-def cmd_skew(args: argparse.Namespace) -> int:
-    from ctpipe.pipeline.command_line import load_config
-
-    if args.min_examples < 1:
-        raise BadInput(f"--min-examples must be >= 1, got {args.min_examples}")
-    config = load_config(args, home=args.home)
-    report = skew_report(config, args.requests, args.min_examples)
-    record_result(config.home, report)
-    print(json.dumps(report) if args.json else format_report(report), flush=True)
-    return EXIT_SKEW if report["drifted"] else EXIT_OK
-
-
 def record_result(home: str, report: Dict[str, Any]) -> None:
     """<home>/skew/latest.json (replaced whole) and history.jsonl (one line per check): what
     the pipeline metrics publish as ctpipe_skew_drifted / ctpipe_skew_alarms_total."""
     import time
 
-    folder = os.path.join(home, "skew")
-    os.makedirs(folder, exist_ok=True)
+    paths = Home(home)
     result = {"drifted": bool(report["drifted"]), "at": time.time(),
               "anomalies": report["anomalies"]}
-    temporary = os.path.join(folder, f".latest.json.{os.getpid()}.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(result, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, os.path.join(folder, "latest.json"))
-    with open(os.path.join(folder, "history.jsonl"), "a") as handle:
+    atomic_write(paths.skew_latest, json.dumps(result))
+    with open(paths.skew_history, "a") as handle:
         handle.write(json.dumps(result) + "\n")

@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from ctpipe.pipeline.outcomes import FINAL_OUTCOMES, Decision, Outcome
+from ctpipe.pipeline.home.outcomes import FINAL_OUTCOMES, Decision, Outcome
 
 CYCLE_TYPE = "ctpipe.Cycle"
 ACTION_TYPE = "ctpipe.OperatorAction"
@@ -249,7 +249,7 @@ def plan_spans(available: Iterable[int], records: List[CycleRecord],
 def history(store: mlmd.MetadataStore, pipeline: str) -> List[Decision]:
     """Every cycle, oldest first: the runner's cycle records where it kept them (local homes),
     else the decisions derived from the pipeline runs (Kubeflow's metadata store)."""
-    from ctpipe.pipeline.outcomes import history as run_history
+    from ctpipe.pipeline.home.outcomes import history as run_history
 
     records = cycle_records(store, pipeline)
     if not records:

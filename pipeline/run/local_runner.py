@@ -1,8 +1,10 @@
 """Continuous-training cycles on this machine: LocalDagRunner, Beam DirectRunner, SQLite MLMD.
 
-The runner picks the span (the oldest pending one, pipeline/cycles.py), records the attempt
-before it starts, runs `create_pipeline(config)` (the wiring lives in pipeline/pipeline.py
-alone), records the decision, then applies the retention policy. Two locks on the home:
+The runner picks the span (the oldest pending one, pipeline/home/cycles.py), records the attempt
+before it starts, runs `create_pipeline(config)` (the wiring lives in pipeline/definition.py
+alone), applies the release step (fresh-label promotion or retirement of the canary, then the
+new version on trial: pipeline/ops/fresh_labels.py), records the decision, then applies the
+retention policy. Two locks on the home:
 
   runner lock  held by `ctpipe run` / `ctpipe watch` for their whole life: one runner per home;
                a second one exits at once (HomeBusy, exit 7);
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import re
@@ -25,25 +26,25 @@ import tempfile
 import time
 from typing import Callable, Iterator, List, Optional
 
-from ctpipe.pipeline import cycles
+from ctpipe.components.basics import first_line
 from ctpipe.pipeline.config import PipelineConfig
-from ctpipe.pipeline.errors import BadInput, HomeBusy
-from ctpipe.pipeline.outcomes import (
+from ctpipe.pipeline.errors import BadInput
+from ctpipe.pipeline.home import Home, cycles
+from ctpipe.pipeline.home.outcomes import (
     FAILED,
     GAVE_UP,
     NO_NEW_DATA,
     Decision,
     decision_for_run,
-    open_store,
     pipeline_runs,
     read_run,
-    sqlite_connection,
 )
+from ctpipe.pipeline.home.release import release_state
+from ctpipe.pipeline.home.store import open_store, sqlite_connection
 from ctpipe.pipeline.spans import check_span, discover_spans
 
 Progress = Callable[[str], None]
 _COMPONENT_EVENT = re.compile(r"^Component (\S+) is (running|finished)\.$")
-RUNNER_LOCK, WRITE_LOCK = ".ctpipe.lock", ".ctpipe.write.lock"
 KILLED_REASON = "the cycle was killed or its runner died before it recorded a decision"
 
 
@@ -74,44 +75,6 @@ class ProgressHandler(logging.Handler):
             node = match.group(1)
             what = f"done in {now - self.component_started.get(node, now):.1f}s"
         self.emit_line(f"[{now - self.started:6.1f}s] span {self.span} {node}: {what}")
-
-
-@contextlib.contextmanager
-def _flock(home: str, name: str, blocking: bool, busy_message: str,
-           wait_seconds: float = 0.0, on_wait: Optional[Progress] = None) -> Iterator[None]:
-    os.makedirs(home, exist_ok=True)
-    with open(os.path.join(home, name), "w") as handle:
-        deadline = time.monotonic() + wait_seconds
-        told = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not blocking or time.monotonic() >= deadline:
-                    raise HomeBusy(busy_message)
-                if on_wait and not told:
-                    on_wait("waiting for the running cycle to finish ...")
-                    told = True
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def runner_lock(home: str) -> contextlib.AbstractContextManager:
-    """One runner (`run` or `watch`) per home."""
-    return _flock(home, RUNNER_LOCK, blocking=False,
-                  busy_message=f"another ctpipe run or watch is running on home {home}")
-
-
-def write_lock(home: str, wait_seconds: float = 0.0,
-               on_wait: Optional[Progress] = None) -> contextlib.AbstractContextManager:
-    """Held while the ledger may change: during a cycle, and by operator commands."""
-    return _flock(home, WRITE_LOCK, blocking=wait_seconds > 0,
-                  busy_message=f"a cycle is still running on home {home}; try again later",
-                  wait_seconds=wait_seconds, on_wait=on_wait)
 
 
 @contextlib.contextmanager
@@ -151,9 +114,9 @@ def captured_logs(log_path: str, progress: Optional[logging.Handler]) -> Iterato
 
 
 @contextlib.contextmanager
-def cycle_tempdir(home: str, name: str) -> Iterator[str]:
-    """Point tempfile and child processes at <home>/tmp/<name>; remove it afterwards."""
-    root = os.path.join(home, "tmp")
+def cycle_tempdir(root: str, name: str) -> Iterator[str]:
+    """Point tempfile and child processes at <root>/<name> (root: the home's tmp folder);
+    remove the root afterwards."""
     shutil.rmtree(root, ignore_errors=True)  # what a killed cycle left
     path = os.path.join(root, name)
     os.makedirs(path)
@@ -171,22 +134,12 @@ def cycle_tempdir(home: str, name: str) -> Iterator[str]:
 
 
 def cycle_log_path(config: PipelineConfig, span: int) -> str:
-    return os.path.join(config.home, "logs", f"span-{span}.log")
-
-
-def absolute(config: PipelineConfig) -> PipelineConfig:
-    return dataclasses.replace(config, home=os.path.abspath(config.home),
-                               data_root=os.path.abspath(config.data_root))
+    return Home.of(config).log_path(span)
 
 
 def _last_run_id(store, pipeline: str) -> int:
     runs = pipeline_runs(store, pipeline)
     return runs[-1].id if runs else 0
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).splitlines()[0][:300] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # -- settling what earlier (dead) runners left -------------------------------------------------
@@ -217,12 +170,12 @@ def settle(store, config: PipelineConfig) -> List[Decision]:
     for record in records:
         if record.running:
             cycles.finish_cycle(store, record.id, _recover(store, config, record))
-    remove_stale_incoming(config.serving_model_dir)  # a push killed mid-copy (never served)
+    remove_stale_incoming(Home.of(config).model_dir)  # a push killed mid-copy (never served)
     return give_up_exhausted(store, config)
 
 
 def give_up_exhausted(store, config: PipelineConfig) -> List[Decision]:
-    from ctpipe.pipeline import ledger_store
+    from ctpipe.pipeline.home import ledger_store
 
     plan = cycles.plan_spans([], cycles.cycle_records(store, config.pipeline_name),
                              cycles.operator_actions(store, config.pipeline_name))
@@ -238,7 +191,7 @@ def give_up_exhausted(store, config: PipelineConfig) -> List[Decision]:
         action = cycles.record_action(store, config.pipeline_name, "quarantine", span,
                                       reason, automatic=True)
         ledger, _ = ledger_store.latest_ledger(store, config.pipeline_name)
-        ledger_store.publish_ledger(store, config.pipeline_name, config.pipeline_root,
+        ledger_store.publish_ledger(store, config.pipeline_name, Home.of(config).pipeline_root,
                                     ledger.quarantine(span, [reason], by="attempts"), action.id)
         cycles.record_decision(store, config.pipeline_name, decision, attempts)
         decisions.append(decision)
@@ -277,8 +230,8 @@ def choose_span(config: PipelineConfig, store) -> tuple:
 def run_cycle(config: PipelineConfig, progress: Optional[Progress] = None,
               record_nothing_new: bool = True) -> Decision:
     """One cycle on the oldest pending span (or config.span), holding the runner lock."""
-    config = absolute(config)
-    with runner_lock(config.home):
+    config = config.with_absolute_paths()
+    with Home.of(config).runner_lock():
         return next_cycle(config, progress, record_nothing_new)
 
 
@@ -286,9 +239,9 @@ def run_all(config: PipelineConfig, progress: Optional[Progress] = None,
             on_decision: Optional[Callable[[Decision], None]] = None) -> List[Decision]:
     """Every pending span, oldest first, one cycle each; stops at a failed cycle (its span
     stays pending, so later spans never overtake it)."""
-    config = absolute(config)
+    config = config.with_absolute_paths()
     decisions: List[Decision] = []
-    with runner_lock(config.home):
+    with Home.of(config).runner_lock():
         while True:
             decision = next_cycle(config, progress, record_nothing_new=not decisions)
             if decision.outcome == NO_NEW_DATA and decisions:
@@ -305,8 +258,8 @@ def next_cycle(config: PipelineConfig, progress: Optional[Progress] = None,
                record_nothing_new: bool = True) -> Decision:
     """Caller holds the runner lock. Settles leftovers, then runs the next pending span."""
     started = time.time()
-    connection = sqlite_connection(config.metadata_path)
-    with write_lock(config.home, wait_seconds=60.0):
+    connection = sqlite_connection(Home.of(config).metadata_path)
+    with Home.of(config).write_lock(wait_seconds=60.0):
         store = open_store(connection)
         gave_up = settle(store, config)
         if gave_up:
@@ -344,9 +297,23 @@ def next_cycle(config: PipelineConfig, progress: Optional[Progress] = None,
                 gave_up[0].reasons.insert(0, decision.reasons[-1])
                 return gave_up[0]
         else:
-            from ctpipe.pipeline.retention import apply_retention
+            from ctpipe.pipeline.run.retention import apply_retention
 
             apply_retention(store, config)
+        return decision
+
+
+def _settle_release(config: PipelineConfig, decision: Decision, run) -> Decision:
+    """Fresh-label promotion / retirement, then the new version on trial (pipeline/ops/
+    fresh_labels.py). A failure there is reported on the decision, never loses it."""
+    from ctpipe.pipeline.ops.fresh_labels import settle_release
+
+    examples = run.outputs.get("CsvExampleGen", {}).get("examples")
+    try:
+        return settle_release(config, decision, examples.uri if examples is not None else None)
+    except Exception as exc:  # noqa: BLE001 - the span's decision is recorded regardless
+        logging.exception("release step failed")
+        decision.reasons.append(f"release step failed: {first_line(exc, with_type=True)}")
         return decision
 
 
@@ -354,38 +321,53 @@ def _run_pipeline(config: PipelineConfig, store, connection, span: int, attempt:
                   cycle_id: int, started: float, progress: Optional[Progress]) -> Decision:
     from tfx import v1 as tfx
 
-    from ctpipe.pipeline.pipeline import create_pipeline
+    from ctpipe.pipeline.definition import create_pipeline
 
     rows = check_span(span, os.path.join(config.data_root, f"span-{span}"))
+    # Beam's portable runner (Flink): a job server that does not answer is one line now, not a
+    # 60 s wait and a stack deep inside the first Beam component. No-op for other runners.
+    from ctpipe.pipeline.run.flink_local import FlinkError, require_job_server
+    try:
+        require_job_server(config.beam_pipeline_args)
+    except FlinkError as error:
+        return Decision(FAILED, span=span, model_version=None, reasons=[str(error)], metrics={},
+                        training_spans=[], attempt=attempt, finished_at=time.time(),
+                        seconds=round(time.time() - started, 1))
     if progress:
         retry = f", attempt {attempt}" if attempt > 1 else ""
         progress(f"[   0.0s] span {span}: {rows} rows{retry}, starting the pipeline "
                  f"(log: {cycle_log_path(config, span)})")
     known_runs = {c.id for c in pipeline_runs(store, config.pipeline_name)}
+    # Stable now is the Evaluator's baseline for this cycle (pipeline/definition.py StableModel).
+    baseline_version = release_state(config).stable
     cycle = dataclasses.replace(config, span=span)
     handler = ProgressHandler(span, progress) if progress else None
     error = None
-    with cycle_tempdir(config.home, f"cycle-{cycle_id}"), \
+    with cycle_tempdir(Home.of(config).tmp_dir, f"cycle-{cycle_id}"), \
             captured_logs(cycle_log_path(config, span), handler):
         try:
             tfx.orchestration.LocalDagRunner().run(create_pipeline(
                 cycle, metadata_connection_config=tfx.orchestration.metadata
-                .sqlite_metadata_connection_config(config.metadata_path)))
+                .sqlite_metadata_connection_config(Home.of(config).metadata_path)))
         except Exception as exc:  # noqa: BLE001 - reported as a FAILED decision below
             logging.exception("pipeline run failed")
             error = exc
     store = open_store(connection)
     new_runs = [c for c in pipeline_runs(store, config.pipeline_name) if c.id not in known_runs]
     if new_runs:
-        decision = decision_for_run(read_run(store, new_runs[-1], config.pipeline_name))
+        run = read_run(store, new_runs[-1], config.pipeline_name)
+        decision = decision_for_run(run, baseline_version)
+        if error is None:
+            decision = _settle_release(config, decision, run)
     else:
         decision = Decision(FAILED, span=span, model_version=None, metrics={},
-                            training_spans=[], reasons=["the pipeline recorded no run"])
+                            training_spans=[], reasons=["the pipeline recorded no run"],
+                            baseline_version=baseline_version)
     decision.span = span
     if error is not None and decision.outcome != FAILED:
         decision = dataclasses.replace(decision, outcome=FAILED, model_version=None)
     if error is not None:
-        decision.reasons.append(_first_line(error))
+        decision.reasons.append(first_line(error, with_type=True))
     decision.attempt = attempt
     decision.finished_at = time.time()
     decision.seconds = round(time.time() - started, 1)
