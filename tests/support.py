@@ -69,6 +69,7 @@ class Invariants:
         self.keep_versions = keep_versions
         self.loaded: Set[int] = set()
         self.max_version_seen = 0
+        self.seen_versions: Set[int] = set()
 
     def check(self) -> List[str]:
         from ctpipe.pipeline.home import cycles, ledger_store
@@ -143,10 +144,13 @@ class Invariants:
         if on_disk and on_disk[-1] < self.max_version_seen:
             problems.append(f"highest version fell from {self.max_version_seen} to {on_disk[-1]}")
         self.max_version_seen = max([self.max_version_seen, *on_disk])
+        self.seen_versions.update(on_disk)
         missing = sorted(set(pushed) - set(on_disk))
         if self.keep_versions is not None:
+            # Retention keeps the newest `keep_versions` version folders, counting a candidate's
+            # folder that was published but never labelled (it lost to the canary on trial).
             named = self._named_versions()
-            newest = sorted(set(pushed))[-self.keep_versions:]
+            newest = sorted(self.seen_versions | set(pushed))[-self.keep_versions:]
             missing = [v for v in missing if v in named or v in newest]
         if missing:
             problems.append(f"pushed versions missing on disk: {missing}")

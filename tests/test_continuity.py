@@ -134,8 +134,13 @@ def test_retention_bounds_pipeline_root(long_run):
     store = open_store(sqlite_connection(str(long_run.home / "metadata.sqlite")))
     ledger, _ = ledger_store.latest_ledger(store, "ctpipe")
     keep_cycles, window = 4, 3
-    # Models: the last keep_cycles runs' plus the production model and its warm-start parent.
-    assert len(os.listdir(root / "Trainer" / "model")) <= keep_cycles + 2
+    # Models: the last keep_cycles runs', plus each labelled version's model (stable, canary,
+    # previous, control) and its warm-start parent, plus the newest blessed model.
+    from ctpipe.components import release
+
+    manifest = release.read(str(long_run.home / "serving" / "models.config"))
+    labelled = {v for entry in manifest for v in entry.labels.values()}
+    assert len(os.listdir(root / "Trainer" / "model")) <= keep_cycles + 2 * len(labelled) + 1
     assert len(os.listdir(root / "CsvExampleGen" / "examples")) <= \
         keep_cycles + window + 1 + len(ledger.quarantined)
     deleted = [a for a in store.get_artifacts() if a.state == pb.Artifact.DELETED]

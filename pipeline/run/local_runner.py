@@ -352,14 +352,15 @@ def _run_pipeline(config: PipelineConfig, store, connection, span: int, attempt:
         except Exception as exc:  # noqa: BLE001 - reported as a FAILED decision below
             logging.exception("pipeline run failed")
             error = exc
-    store = open_store(connection)
-    new_runs = [c for c in pipeline_runs(store, config.pipeline_name) if c.id not in known_runs]
-    if new_runs:
-        run = read_run(store, new_runs[-1], config.pipeline_name)
-        decision = decision_for_run(run, baseline_version)
-        if error is None:
-            decision = _settle_release(config, decision, run)
-    else:
+        store = open_store(connection)
+        new_runs = [c for c in pipeline_runs(store, config.pipeline_name)
+                    if c.id not in known_runs]
+        run = read_run(store, new_runs[-1], config.pipeline_name) if new_runs else None
+        if run is not None:
+            decision = decision_for_run(run, baseline_version)
+            if error is None:  # scores models: TF's temp files stay in the cycle's folder
+                decision = _settle_release(config, decision, run)
+    if run is None:
         decision = Decision(FAILED, span=span, model_version=None, metrics={},
                             training_spans=[], reasons=["the pipeline recorded no run"],
                             baseline_version=baseline_version)
