@@ -141,8 +141,15 @@ def test_retention_bounds_pipeline_root(long_run):
     manifest = release.read(str(long_run.home / "serving" / "models.config"))
     labelled = {v for entry in manifest for v in entry.labels.values()}
     assert len(os.listdir(root / "Trainer" / "model")) <= keep_cycles + 2 * len(labelled) + 1
+    # Examples: the last keep_cycles runs', the window and drift baseline, the quarantined
+    # spans, and the training spans of every labelled version (its skew and lineage need them).
+    from ctpipe.pipeline.home import cycles
+
+    trained = {span for d in cycles.history(store, "ctpipe")
+               if d.outcome == "pushed" and d.model_version in labelled
+               for span in d.training_spans}
     assert len(os.listdir(root / "CsvExampleGen" / "examples")) <= \
-        keep_cycles + window + 1 + len(ledger.quarantined)
+        keep_cycles + window + 1 + len(ledger.quarantined) + len(trained)
     deleted = [a for a in store.get_artifacts() if a.state == pb.Artifact.DELETED]
     assert len(deleted) > 50  # records kept, files gone
     assert not [a.uri for a in deleted if os.path.exists(a.uri)]
