@@ -113,12 +113,6 @@ class CycleView:
 # -- the home -------------------------------------------------------------------------------------
 
 
-def _home_paths(config: PipelineConfig):
-    from ctpipe.pipeline.home import Home
-
-    return Home.of(config)
-
-
 class HomeView:
     """One pipeline home's ML Metadata, read once per report run."""
 
@@ -131,6 +125,7 @@ class HomeView:
             raise BadInput(f"no pipeline home at {config.home} "
                            f"(no {os.path.basename(paths.metadata_path)})")
         self.config = config
+        self.paths = paths
         self.store = paths.open_store()
         self.records = [r for r in cycles.cycle_records(self.store, config.pipeline_name)]
         self.actions = cycles.operator_actions(self.store, config.pipeline_name)
@@ -173,9 +168,9 @@ class HomeView:
         home was copied or moved), else as recorded; "" when it is not there."""
         if not uri:
             return ""
-        marker = f"{os.sep}pipeline_root{os.sep}"
+        marker = f"{os.sep}{os.path.basename(self.paths.pipeline_root)}{os.sep}"
         if marker in uri:
-            here = os.path.join(_home_paths(self.config).pipeline_root, uri.split(marker, 1)[1])
+            here = os.path.join(self.paths.pipeline_root, uri.split(marker, 1)[1])
             if os.path.exists(here):
                 return here
         return uri if os.path.exists(uri) else ""

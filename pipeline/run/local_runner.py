@@ -258,8 +258,9 @@ def next_cycle(config: PipelineConfig, progress: Optional[Progress] = None,
                record_nothing_new: bool = True) -> Decision:
     """Caller holds the runner lock. Settles leftovers, then runs the next pending span."""
     started = time.time()
-    connection = sqlite_connection(Home.of(config).metadata_path)
-    with Home.of(config).write_lock(wait_seconds=60.0):
+    home = Home.of(config)
+    connection = sqlite_connection(home.metadata_path)
+    with home.write_lock(wait_seconds=60.0):
         store = open_store(connection)
         gave_up = settle(store, config)
         if gave_up:
@@ -343,12 +344,13 @@ def _run_pipeline(config: PipelineConfig, store, connection, span: int, attempt:
     cycle = dataclasses.replace(config, span=span)
     handler = ProgressHandler(span, progress) if progress else None
     error = None
-    with cycle_tempdir(Home.of(config).tmp_dir, f"cycle-{cycle_id}"), \
+    home = Home.of(config)
+    with cycle_tempdir(home.tmp_dir, f"cycle-{cycle_id}"), \
             captured_logs(cycle_log_path(config, span), handler):
         try:
             tfx.orchestration.LocalDagRunner().run(create_pipeline(
                 cycle, metadata_connection_config=tfx.orchestration.metadata
-                .sqlite_metadata_connection_config(Home.of(config).metadata_path)))
+                .sqlite_metadata_connection_config(home.metadata_path)))
         except Exception as exc:  # noqa: BLE001 - reported as a FAILED decision below
             logging.exception("pipeline run failed")
             error = exc
