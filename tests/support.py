@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set
 
@@ -315,3 +317,31 @@ class FakeHome:
         if history:
             Path(self.paths.skew_history).write_text(
                 "".join(json.dumps(r) + "\n" for r in results))
+
+
+def world_readable_dir(prefix: str) -> Path:
+    """pytest's temp folders are 0700; the steps run as the image's uid and must reach these."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def build_wheel_venv(root: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(root / "dist"), str(REPO)], check=True,
+                   capture_output=True)
+    [wheel] = (root / "dist").glob("ctpipe-*.whl")
+    with zipfile.ZipFile(wheel) as archive:  # pip install puts only ctpipe into site-packages
+        assert {name.split("/")[0] for name in archive.namelist()
+                if not name.split("/")[0].endswith(".dist-info")} == {"ctpipe"}
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")],
+                   check=True)
+    python = root / "venv" / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; "
+                           "print(sysconfig.get_paths()['purelib'])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    Path(site, "ctpipe-pinned-stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", "--ignore-requires-python", str(wheel)], check=True,
+                   capture_output=True)
+    return root / "venv"

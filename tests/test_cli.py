@@ -3,7 +3,7 @@ import pytest
 
 from ctpipe.components import features as F
 
-from tests.conftest import ctpipe
+from tests.support import ctpipe
 
 
 def _assert_one_line_error(result, code, fragment):

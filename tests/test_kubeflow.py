@@ -13,7 +13,7 @@ from ctpipe.kubeflow import client
 from ctpipe.kubeflow.runner import DATA_ROOT_PARAMETER, compile_pipeline, load_documents
 from ctpipe.pipeline.config import PipelineConfig
 
-from tests.conftest import REPO, ctpipe
+from tests.support import REPO, ctpipe
 
 FLINK = REPO / "kubeflow" / "environments" / "flink.toml"
 

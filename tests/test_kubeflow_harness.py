@@ -11,10 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
-import tempfile
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +20,7 @@ from ctpipe.kubeflow.entrypoint import NONE_KEY
 from ctpipe.pipeline.home import outcomes
 
 from tests.kfp_harness import COMPLETE, NOT_RUN, OMITTED, SKIPPED, KfpHarness, run_executions
-from tests.support import REPO, deliver
+from tests.support import deliver, world_readable_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -39,45 +35,9 @@ kfp_serving_rest = ""
 GATED = ("Trainer", "Evaluator", "Pusher")
 
 
-def _world_readable_dir(prefix: str) -> Path:
-    """pytest's temp folders are 0700; the steps run as the image's uid and must reach these."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
-
-
-@pytest.fixture(scope="session")
-def wheel_venv():
-    """A fresh venv with the built wheel, reusing this interpreter's pinned stack (.pth)."""
-    root = _world_readable_dir("ctpipe-wheel-")
-    yield _build_wheel_venv(root)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def _build_wheel_venv(root: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(root / "dist"), str(REPO)], check=True,
-                   capture_output=True)
-    [wheel] = (root / "dist").glob("ctpipe-*.whl")
-    with zipfile.ZipFile(wheel) as archive:  # pip install puts only ctpipe into site-packages
-        assert {name.split("/")[0] for name in archive.namelist()
-                if not name.split("/")[0].endswith(".dist-info")} == {"ctpipe"}
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")],
-                   check=True)
-    python = root / "venv" / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; "
-                           "print(sysconfig.get_paths()['purelib'])"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    Path(site, "ctpipe-pinned-stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                    "--no-deps", "--ignore-requires-python", str(wheel)], check=True,
-                   capture_output=True)
-    return root / "venv"
-
-
 @pytest.fixture(scope="module")
 def kfp_runs(wheel_venv):
-    root = _world_readable_dir("ctpipe-kfp-harness-")
+    root = world_readable_dir("ctpipe-kfp-harness-")
     try:
         yield _scenario(root, wheel_venv)
     finally:

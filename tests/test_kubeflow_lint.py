@@ -10,7 +10,7 @@ from ctpipe.kubeflow import lint
 from ctpipe.kubeflow.runner import compile_pipeline, load_documents
 from ctpipe.pipeline.config import PipelineConfig
 
-from tests.conftest import ctpipe
+from tests.support import ctpipe
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 from ctpipe.pipeline.run import sample_data
 
-from tests.conftest import SAMPLE
+from tests.support import SAMPLE
 
 
 def test_committed_spans_are_the_wheel_csv_cut_by_quarter(tmp_path):

@@ -6,7 +6,7 @@ from ctpipe.components.curated_schema import load_contract
 from ctpipe.pipeline.observe.schema_review import csv_statistics
 from ctpipe.pipeline.run import corruptions
 
-from tests.conftest import SAMPLE
+from tests.support import SAMPLE
 
 tfdv = pytest.importorskip("tensorflow_data_validation")
 

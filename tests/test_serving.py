@@ -154,7 +154,7 @@ def test_metrics_and_loopback_binding(server):
 
 
 def test_serve_command_rejects_bad_config(tmp_path):
-    from tests.conftest import ctpipe
+    from tests.support import ctpipe
 
     bad = tmp_path / "models.config"
     bad.write_text("model_config_list { config { name: 'x' } }")

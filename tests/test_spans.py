@@ -6,7 +6,7 @@ import pytest
 from ctpipe.components import features as F
 from ctpipe.pipeline.spans import BadInput, check_span, discover_spans
 
-from tests.conftest import SAMPLE
+from tests.support import SAMPLE
 
 HEADER = ",".join(F.CSV_COLUMNS)
 

@@ -72,6 +72,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--flink", action="store_true",
                         help="also run each scale on DirectRunner multi_processing and on a local "
                         "Flink cluster (parallelism 2), per component")
+    parser.add_argument("--flink-large", type=int, metavar="FACTOR",
+                        help="also one span of FACTOR x the sample (1000: ~2.4M rows) through a "
+                        "first cycle on a local Flink cluster, with every process's peak RSS")
     parser.add_argument("--quick", action="store_true",
                         help="scales 1 and 10 only, short serving loops")
     parser.add_argument("--json-out", help="also write the JSON here")
@@ -93,7 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(work, exist_ok=True)
     scales = [s for s in args.scales if s <= 10] if args.quick else args.scales
     steps = ((0 if args.skip_compare else 10) + (0 if args.skip_scaling else 3 * len(scales))
-             + (3 * len(scales) if args.flink else 0) + (0 if args.skip_serving else 1))
+             + (3 * len(scales) if args.flink else 0) + (2 if args.flink_large else 0)
+             + (0 if args.skip_serving else 1))
     progress = Progress(steps)
     started = time.monotonic()
     print(f"bench work folder: {work}", file=sys.stderr)
@@ -109,6 +113,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         from ctpipe.pipeline.bench import flink_scaling
 
         result["scaling_by_runner"] = flink_scaling.run_by_runner(sample, work, scales, progress)
+    if args.flink_large:
+        from ctpipe.pipeline.bench import flink_scaling
+
+        result["flink_large"] = flink_scaling.run_large_on_flink(sample, work, args.flink_large,
+                                                                 progress)
     if not args.skip_serving:
         served = os.path.join(work, "ctpipe-steady" if "comparison" in result else
                               f"scale-{scales[0]}x/home", "serving", "big_tipper")
@@ -126,6 +135,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "scaling_by_runner" in result:
         print("\n## Scaling by Beam runner (DirectRunner in-memory / multi_processing / Flink)\n")
         print(flink_scaling.markdown(result["scaling_by_runner"]))
+    if "flink_large" in result:
+        print("\n## One large span on Flink\n")
+        print(flink_scaling.large_markdown(result["flink_large"]))
     if result.get("serving") and result["serving"].get("markdown"):
         print("\n## Serving\n")
         print(result["serving"]["markdown"])

@@ -86,6 +86,82 @@ def run_by_runner(sample_dir: str, work: str, factors: Sequence[int], progress: 
     return results
 
 
+def run_large_on_flink(sample_dir: str, work: str, factor: int,
+                       progress: Progress) -> Dict[str, object]:
+    """One span of `factor` x the sample size (both source spans: ~2.4k rows each x factor),
+    generated here, through a first cycle on the local Flink cluster, with the peak RSS of every
+    process (the cycle's, the cluster's, the harnesses') sampled while it runs."""
+    from ctpipe.pipeline.bench.process_memory import PeakMemory
+    from ctpipe.pipeline.run import flink_local
+
+    root = os.path.join(work, f"flink-{factor}x")
+    data_root, home = os.path.join(root, "data"), os.path.join(root, "home")
+    target = os.path.join(data_root, "span-1", "data.csv")
+    with progress.step(f"flink {factor}x: generate the span"):
+        started = time.monotonic()
+        for source in SOURCE_SPANS:
+            scaled_span(os.path.join(sample_dir, f"span-{source}", "data.csv"), factor,
+                        os.path.join(root, "parts", f"{source}.csv"), seed=1000 * factor + source)
+        rows = _concatenate([os.path.join(root, "parts", f"{source}.csv")
+                             for source in SOURCE_SPANS], target)
+        generated = round(time.monotonic() - started, 1)
+    state_dir = os.path.join(root, "flink-state")
+    cluster = flink_local.up(state_dir, flink_local.Ports.free(), timeout=240)
+    try:
+        config = _toml(os.path.join(root, "flink.toml"), cluster.beam_args())
+        with progress.step(f"flink {factor}x: first cycle ({rows:,} rows)"), \
+                PeakMemory(interval=1.0) as memory:
+            run = run_process(f"{factor}x flink", python(
+                "ctpipe.pipeline.commands.main", "run", "--config", config,
+                "--data-root", data_root, "--home", home, "--json"),
+                os.path.join(root, "cycle.log"))
+        jobs = flink_local.rest(cluster.ports, "/jobs/overview")["jobs"]
+    finally:
+        flink_local.down(state_dir)
+    run.components = component_seconds(os.path.join(home, "metadata.sqlite"), "ctpipe")
+    speed = {name: round(count / run.components[name])
+             for name, count in _handled(rows).items() if run.components.get(name)}
+    return {"factor": factor, "rows": rows, "csv_mib": round(os.path.getsize(target) / 2**20),
+            "generate_seconds": generated, "returncode": run.returncode,
+            "cycle": run.to_dict(), "rows_per_second": speed, "memory": memory.to_dict(),
+            "flink_jobs": sorted((job["name"], job["state"]) for job in jobs),
+            "log": run.log}
+
+
+def _concatenate(parts: Sequence[str], target: str) -> int:
+    """One CSV from several with the same header; returns data rows."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    rows = 0
+    with open(target, "w") as out:
+        for index, part in enumerate(parts):
+            with open(part) as handle:
+                header = handle.readline()
+                if index == 0:
+                    out.write(header)
+                for line in handle:
+                    out.write(line)
+                    rows += 1
+            os.remove(part)
+    return rows
+
+
+def large_markdown(result: Dict[str, object]) -> str:
+    cycle, memory = result["cycle"], result["memory"]
+    lines = [f"{result['factor']}x span on Flink (parallelism 2): {result['rows']:,} rows "
+             f"({result['csv_mib']} MiB CSV), exit {result['returncode']}, cycle "
+             f"{cycle['seconds']} s; Flink jobs: "
+             + ", ".join(f"{name} {state}" for name, state in result["flink_jobs"]), "",
+             "| component | s | rows/s |", "|---|---|---|"]
+    for name, seconds in cycle["components"].items():
+        lines.append(f"| {name} | {seconds} | {result['rows_per_second'].get(name, '')} |")
+    lines += ["", f"Peak RSS per process (sampled every {memory['interval_s']} s, so lower "
+              f"bounds); all processes together at one sample: {memory['peak_total_mib']} MiB", "",
+              "| process | peak RSS MiB | processes |", "|---|---|---|"]
+    for name, entry in memory["by_role"].items():
+        lines.append(f"| {name} | {entry['peak_rss_mib']} | {entry['processes']} |")
+    return "\n".join(lines)
+
+
 def markdown(results: List[Dict[str, object]]) -> str:
     lines = ["| scale | rows | runner | cycle s | ExampleGen s | StatisticsGen s | Evaluator s "
              "| rows/s: ExampleGen | StatisticsGen | Evaluator |",
