@@ -23,21 +23,23 @@ the bench compares the two pipelines' rows by row_key(), their values normalized
 
 Speed (issue 20, item 5): stock reads, parses, infers and converts row by row through five Beam
 steps, ~160 us a row on this machine's DirectRunner. Here each file is read twice by Arrow's C++
-CSV reader (once to infer column types, once to convert), cells are typed with Arrow casts,
-rows split with one hash each, and tf.Examples serialized by tfx_bsl's C++ encoder: Beam sees
-one element per file until the split records go to WriteSplit. A column whose cells Arrow cannot
-cast (" 5", "+5", "1_000", integers beyond int64) is inferred and converted cell by cell exactly
-as stock does (tfx_bsl's _InferValueType and TFX's handlers), so every value is what stock
-writes. The serialized bytes order a tf.Example's features differently from protobuf's map
-order; the values, and therefore row_key() and each row's split, are the same.
+CSV reader, a 64 MiB block at a time (once to infer column types, once to convert), cells are
+typed with Arrow casts, rows split with one hash each, and tf.Examples serialized by tfx_bsl's
+C++ encoder: Beam sees one element per file until the split records go to WriteSplit. A column
+whose cells Arrow cannot cast (" 5", "+5", "1_000", integers beyond int64) is inferred and
+converted cell by cell exactly as stock does (tfx_bsl's _InferValueType and TFX's handlers), so
+every value is what stock writes. The serialized bytes order a tf.Example's features differently
+from protobuf's map order; the values, and therefore row_key() and each row's split, are the
+same.
 """
 from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import itertools
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -162,7 +164,7 @@ def row_key(example: tf.train.Example) -> bytes:
     return b"\x1f".join(parts)
 
 
-# -- vectorized reading and conversion (one Arrow table per file) ------------------------------
+# -- vectorized reading and conversion (one Arrow table per block of a file) --------------------
 
 _UNKNOWN = csv_decoder.ColumnType.UNKNOWN
 _INTEGER_LIKE = r"^\s*[+-]?[0-9_]+\s*$"  # what Python's int() may accept
@@ -171,22 +173,58 @@ _ARROW_LIST_TYPES = {csv_decoder.ColumnType.INT: pa.large_list(pa.int64()),
                      csv_decoder.ColumnType.STRING: pa.large_list(pa.large_binary())}
 
 
-def read_csv_table(path: str, columns: List[str]) -> pa.Table:
+# Rows are read, typed and encoded a block at a time, so a worker holds one block's table and
+# records, not a whole file's: on a 2.4M-row file (1000x) the whole-file read held ~3 GB in the
+# Beam harness. 64 MiB of CSV is ~500k rows of the sample's width.
+CSV_BLOCK_BYTES = 1 << 26
+
+
+class _StreamOf(io.RawIOBase):
+    """A fileio (tf.io.gfile) handle as the raw stream Arrow's reader takes: GFile has read()
+    but none of the io attributes (closed, readable) pa.PythonFile checks."""
+
+    def __init__(self, handle) -> None:
+        super().__init__()
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def csv_tables(path: str, columns: List[str],
+               block_bytes: Optional[int] = None) -> Iterator[pa.Table]:
     """Every cell of a CSV file as text ("" for an empty cell), header line skipped (its
-    byte-order mark with it); CRLF, quotes and quoted newlines as the csv module reads them."""
+    byte-order mark with it); CRLF, quotes and quoted newlines as the csv module reads them.
+    One table per block of about `block_bytes` (Arrow's streaming reader; a quoted newline
+    never splits a row)."""
     from pyarrow import csv as pa_csv
 
     with fileio.open(path, "rb") as handle:
-        data = handle.read()
-    return pa_csv.read_csv(
-        pa.py_buffer(data),
-        read_options=pa_csv.ReadOptions(column_names=columns, skip_rows=1,
-                                        block_size=1 << 26),
-        parse_options=pa_csv.ParseOptions(delimiter=",", newlines_in_values=True,
-                                          ignore_empty_lines=True),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={name: pa.string() for name in columns},
-            strings_can_be_null=False, quoted_strings_can_be_null=False))
+        reader = pa_csv.open_csv(
+            pa.PythonFile(_StreamOf(handle), mode="r"),
+            read_options=pa_csv.ReadOptions(column_names=columns, skip_rows=1,
+                                            block_size=block_bytes or CSV_BLOCK_BYTES),
+            parse_options=pa_csv.ParseOptions(delimiter=",", newlines_in_values=True,
+                                              ignore_empty_lines=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={name: pa.string() for name in columns},
+                strings_can_be_null=False, quoted_strings_can_be_null=False))
+        for batch in reader:
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
+
+
+def read_csv_table(path: str, columns: List[str]) -> pa.Table:
+    """The whole file as one table (csv_tables() joined)."""
+    tables = list(csv_tables(path, columns))
+    if not tables:
+        return pa.table({name: pa.array([], pa.string()) for name in columns})
+    return pa.concat_tables(tables)
 
 
 def _try_cast(values: pa.Array, target: pa.DataType) -> Optional[pa.Array]:
@@ -270,8 +308,11 @@ class _InferFileColumnTypes(beam.DoFn):
         self._columns = columns
 
     def process(self, path: str):
-        table = read_csv_table(path, self._columns)
-        yield {name: int(infer_column_type(table.column(name))) for name in self._columns}
+        """The column types of the whole file: the widest a block needs (ColumnType is
+        ordered UNKNOWN < INT < FLOAT < STRING, and a column's type is its widest cell's)."""
+        yield merge_column_types(
+            [{name: int(infer_column_type(table.column(name))) for name in self._columns}
+             for table in csv_tables(path, self._columns)])
 
 
 class _FileToSerializedExamples(beam.DoFn):
@@ -288,10 +329,13 @@ class _FileToSerializedExamples(beam.DoFn):
         self._encoder = example_coder.RecordBatchToExamplesEncoder()
 
     def process(self, path: str, inferred: Dict[str, int]):
-        table = read_csv_table(path, self._columns)
         infos = type_by_contract(
             [csv_decoder.ColumnInfo(name, csv_decoder.ColumnType(inferred.get(name, _UNKNOWN)))
              for name in self._columns], self._contract)
+        for table in csv_tables(path, self._columns):
+            yield from self._block(table, infos)
+
+    def _block(self, table: pa.Table, infos: List[csv_decoder.ColumnInfo]):
         batch = pa.RecordBatch.from_arrays(
             [typed_column(table.column(info.name), info.type) for info in infos],
             [info.name for info in infos])

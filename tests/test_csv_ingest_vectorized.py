@@ -98,3 +98,54 @@ def test_splits_match_split_of_cells():
     expected = [split_of_cells(row, 2, [2, 3], row_key_order(columns)) for row in rows]
     assert list(row_splits(read_csv_table(path, columns), columns, [2, 3])) == expected
     assert len(columns) == len(F.CSV_COLUMNS)
+
+
+def _executor_records(path, block_bytes, monkeypatch):
+    """What the executor's two DoFns make of a file, read `block_bytes` at a time:
+    {split tag: sorted canonical records}."""
+    import tensorflow as tf
+
+    from ctpipe.components import csv_ingest
+
+    monkeypatch.setattr(csv_ingest, "CSV_BLOCK_BYTES", block_bytes)
+    columns = csv_ingest.header_columns(path)
+    [inferred] = list(csv_ingest._InferFileColumnTypes(columns).process(path))  # noqa: SLF001
+    convert = csv_ingest._FileToSerializedExamples(  # noqa: SLF001
+        columns, csv_ingest.contract_column_types(), [2, 3])
+    convert.setup()
+    by_split = {}
+    for output in convert.process(path, inferred):
+        by_split.setdefault(output.tag, []).append(
+            tf.train.Example.FromString(output.value).SerializeToString(deterministic=True))
+    return inferred, {tag: sorted(records) for tag, records in by_split.items()}
+
+
+def test_a_file_read_in_blocks_gives_what_one_read_gives(tmp_path, monkeypatch):
+    """Blocks of ~2 KB: the column types are the whole file's even where the first block has a
+    column empty (a sparse tract) or integer-only (a fare that later has cents), a quoted
+    newline never splits a row, and every row lands in the same split."""
+    source = SAMPLE / "span-4" / "data.csv"
+    lines = source.read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    columns = header.split(",")
+    fare, tract, company = (columns.index(n) for n in ("fare", "pickup_census_tract", "company"))
+    early = []
+    for line in rows[:40]:  # first block: tract empty, fares whole numbers
+        cells = next(csv.reader([line]))
+        cells[tract], cells[fare] = "", str(int(float(cells[fare] or 0)))
+        early.append(cells)
+    late = [next(csv.reader([line])) for line in rows[40:]]
+    late[5][company] = "Taxi\nAffiliation, Inc."  # quoted, with a newline and a comma
+    path = tmp_path / "data.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(early + late)
+    whole_types, whole = _executor_records(str(path), 1 << 26, monkeypatch)
+    block_types, blocks = _executor_records(str(path), 2048, monkeypatch)
+    from ctpipe.components.csv_ingest import csv_tables
+
+    assert len(list(csv_tables(str(path), columns, 2048))) > 10  # really read in blocks
+    assert block_types == whole_types
+    assert blocks == whole
+    assert sum(len(records) for records in whole.values()) == len(early) + len(late)

@@ -81,6 +81,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--soak", type=int, metavar="N",
                         help="only the soak: N cycles in one watch process, RSS per cycle")
     parser.add_argument("--soak-rows", type=int, default=400, help="rows per soak span")
+    parser.add_argument("--soak-process", action="store_true",
+                        help="soak the real `ctpipe watch` command (its restarts included), "
+                        "RSS read by PID after each decision")
     parser.add_argument("--soak-keep-memory", action="store_true",
                         help="soak without giving memory back after each cycle (the before)")
     args = parser.parse_args(argv)
@@ -155,9 +158,11 @@ def _soak(args: argparse.Namespace) -> int:
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="ctpipe-soak-"))
     os.makedirs(work, exist_ok=True)
     print(f"soak work folder: {work}", file=sys.stderr)
-    result = {"machine": machine(), "work": work, "soak": soak.soak(
-        args.sample or str(REPO_SAMPLE), work, args.soak, args.soak_rows,
-        release_memory=not args.soak_keep_memory)}
+    sample = args.sample or str(REPO_SAMPLE)
+    result = {"machine": machine(), "work": work, "soak": (
+        soak.soak_process(sample, work, args.soak, args.soak_rows) if args.soak_process else
+        soak.soak(sample, work, args.soak, args.soak_rows,
+                  release_memory=not args.soak_keep_memory))}
     print(soak.markdown(result["soak"]))
     path = args.json_out or os.path.join(work, "soak.json")
     with open(path, "w") as handle:

@@ -41,7 +41,7 @@ def _parent_of(pid: str) -> Optional[int]:
         return None
 
 
-def _rss_mib(pid: int) -> Optional[float]:
+def rss_of(pid: int) -> Optional[float]:
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
@@ -93,7 +93,7 @@ class PeakMemory:
     def sample(self, pids: Optional[Iterable[int]] = None) -> None:
         total = 0.0
         for pid in (descendants(self.root) if pids is None else pids):
-            rss = _rss_mib(pid)
+            rss = rss_of(pid)
             if rss is None:
                 continue
             name = role(_cmdline(pid))

@@ -78,9 +78,58 @@ def soak(sample_dir: str, work: str, cycles: int, rows: int = SOAK_ROWS,
             **summarize(rss)}
 
 
+def soak_process(sample_dir: str, work: str, cycles: int,
+                 rows: int = SOAK_ROWS) -> Dict[str, object]:
+    """The same soak through the real command, `ctpipe watch --max-cycles N --json`, as an
+    operator runs it: its RSS is read from /proc by PID after each decision line. That PID
+    stays the same when watch replaces its image every `watch_restart_cycles` decisions
+    (os.execv), so this is one process's memory over the whole soak, restarts included."""
+    import json
+    import subprocess
+    import sys
+
+    from ctpipe.pipeline.bench.process_memory import rss_of
+
+    root = os.path.join(work, "soak-process")
+    data_root, home = os.path.join(root, "data"), os.path.join(root, "home")
+    make_spans(sample_dir, data_root, cycles, rows)
+    argv = [sys.executable, "-m", "ctpipe.pipeline.commands.main", "watch", "--data-root",
+            data_root, "--home", home, "--from-span", "1", "--interval", "0",
+            "--max-cycles", str(cycles), "--json"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    per_cycle: List[Dict[str, object]] = []
+    started = time.monotonic()
+    log_path = os.path.join(root, "watch.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        for line in process.stdout:
+            if not line.startswith("{"):
+                log.write(line)
+                continue
+            decision = json.loads(line)
+            now = time.monotonic()
+            per_cycle.append({"cycle": len(per_cycle) + 1, "span": decision.get("span"),
+                              "outcome": decision.get("outcome"),
+                              "seconds": round(now - started, 1),
+                              "rss_mib": round(rss_of(process.pid) or 0.0, 1)})
+            started = now
+            print(f"soak (process): cycle {len(per_cycle)}/{cycles} span {decision.get('span')} "
+                  f"{decision.get('outcome')} {per_cycle[-1]['seconds']}s "
+                  f"RSS {per_cycle[-1]['rss_mib']} MiB", flush=True)
+        returncode = process.wait()
+    with open(log_path) as log:  # watch says it (stderr) before each os.execv
+        restarts = sum("watch: restarting" in line for line in log)
+    rss = [c["rss_mib"] for c in per_cycle]
+    return {"cycles": per_cycle, "rows_per_span": rows, "release_memory": True,
+            "process": True, "restarts": restarts, "returncode": returncode, **summarize(rss)}
+
+
 def markdown(result: Dict[str, object]) -> str:
     means = " / ".join(str(m) for m in result["quarter_mean_mib"])
+    how = ("`ctpipe watch` process, restarts " + str(result["restarts"])
+           if result.get("process") else
+           f"in-process watch(), release {'on' if result['release_memory'] else 'off'}")
     return (f"| soak ({len(result['cycles'])} cycles, {result['rows_per_span']} rows/span, "
-            f"release {'on' if result['release_memory'] else 'off'}) | quarter means MiB "
+            f"{how}) | quarter means MiB "
             f"{means} | last vs 2nd quarter {result['last_vs_second_quarter']} "
             f"| slope {result['slope_mib_per_cycle']} MiB/cycle | max {result['max_mib']} |")

@@ -456,11 +456,19 @@ def _flink_conf(ports: Ports, state_dir: Path, shipped: Path) -> str:
         "rest.address": LOOPBACK, "rest.bind-address": LOOPBACK, "rest.port": ports.rest,
         "taskmanager.numberOfTaskSlots": SLOTS, "parallelism.default": SLOTS,
         "jobmanager.memory.process.size": "1024m",
-        "taskmanager.memory.process.size": "3072m",
+        # Task heap: Beam's runner side queues up to 100 data messages per running bundle
+        # (BeamFnDataInboundObserver's CancellableQueue(100)) and the Python harness flushes
+        # a message at 10 MB (data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD): up to ~1 GB of heap per
+        # slot while a harness outruns the stage it feeds. With 3072m (1.1 GB heap for 2
+        # slots) CsvExampleGen on a 1000x span (2.4M rows) died in the TaskManager with
+        # "OutOfMemoryError: Java heap space" in grpc-default-executor. 6144m and managed 0.3
+        # leave ~3.1 GB of task heap: 2 slots x 1 GB of queue and room for the operators.
+        "taskmanager.memory.process.size": "6144m",
         # The Python harnesses do the user work outside the JVM, but Flink's batch sorter (the
-        # GroupByKey of StatisticsGen) sorts in managed memory: at 0.05 a 10x span failed with
-        # "Cannot write record to fresh sort buffer. Record too large."
-        "taskmanager.memory.managed.fraction": 0.4,
+        # GroupByKey of StatisticsGen) sorts in managed memory: at 0.05 (of a 3072m process) a
+        # 10x span failed with "Cannot write record to fresh sort buffer. Record too large."
+        # 0.3 of this process is ~1.6 GB, more than the 0.4 that fixed it at 3072m.
+        "taskmanager.memory.managed.fraction": 0.3,
         # A TFX component is one Flink batch job of many operators: with the default 10% of
         # Flink memory (3481 buffers) CsvExampleGen failed with "Insufficient number of
         # network buffers: required 512, but only 397 available".
