@@ -28,6 +28,7 @@ from ctpipe.components.csv_ingest import SpreadsheetCsvExecutor
 from ctpipe.components.curated_schema import CuratedSchema
 from ctpipe.components.data_gate import DataGate, GateState
 from ctpipe.components.evaluation import build_eval_config
+from ctpipe.components.fast_evaluator import InProcessEvaluatorExecutor
 from ctpipe.components.stable_model import MODEL_KEY, StableModelStrategy
 from ctpipe.components.stable_model import channels as stable_model_channels
 from ctpipe.pipeline.config import PipelineConfig
@@ -139,6 +140,8 @@ def create_components(config: PipelineConfig, data_root=None,
             train_args=tfx.proto.TrainArgs(),
             eval_args=tfx.proto.EvalArgs(),
             custom_config={"hparams": config.trainer_hparams()})
+        # TFX's Evaluator; on the DirectRunner its metrics are computed in process
+        # (components/fast_evaluator.py), elsewhere TFMA runs on the configured Beam runner.
         evaluator = tfx.components.Evaluator(
             examples=example_gen.outputs["examples"],
             example_splits=["eval"],
@@ -146,6 +149,7 @@ def create_components(config: PipelineConfig, data_root=None,
             baseline_model=production_model.outputs[MODEL_KEY],
             eval_config=build_eval_config(config.min_auc, config.max_auc_drop,
                                           config.min_eval_examples))
+        evaluator.executor_spec = executor_spec.BeamExecutorSpec(InProcessEvaluatorExecutor)
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"],
             model_blessing=evaluator.outputs["blessing"],

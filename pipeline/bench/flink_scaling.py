@@ -117,7 +117,8 @@ def run_large_on_flink(sample_dir: str, work: str, factor: int,
                 os.path.join(root, "cycle.log"))
         jobs = flink_local.rest(cluster.ports, "/jobs/overview")["jobs"]
     finally:
-        flink_local.down(state_dir)
+        failed = "run" not in locals() or run.returncode != 0
+        flink_local.down(state_dir, keep_logs=failed)  # the cluster's logs explain a failure
     run.components = component_seconds(os.path.join(home, "metadata.sqlite"), "ctpipe")
     speed = {name: round(count / run.components[name])
              for name, count in _handled(rows).items() if run.components.get(name)}

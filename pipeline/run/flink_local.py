@@ -461,9 +461,14 @@ def _flink_conf(ports: Ports, state_dir: Path, shipped: Path) -> str:
         # a message at 10 MB (data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD): up to ~1 GB of heap per
         # slot while a harness outruns the stage it feeds. With 3072m (1.1 GB heap for 2
         # slots) CsvExampleGen on a 1000x span (2.4M rows) died in the TaskManager with
-        # "OutOfMemoryError: Java heap space" in grpc-default-executor. 6144m and managed 0.3
-        # leave ~3.1 GB of task heap: 2 slots x 1 GB of queue and room for the operators.
-        "taskmanager.memory.process.size": "6144m",
+        # "OutOfMemoryError: Java heap space" in grpc-default-executor. 7168m, managed 0.3 and
+        # 1 GB off-heap leave ~2.7 GB of task heap: 2 slots x 1 GB of queue and the operators.
+        "taskmanager.memory.process.size": "7168m",
+        # Direct memory: the TaskManager's gRPC (netty) sends the data a stage feeds its
+        # harness from direct buffers, capped by MaxDirectMemorySize = framework + task
+        # off-heap + network (448m by default here). The 1000x span's WriteSplit stages then
+        # failed with "OutOfMemoryError: Direct buffer memory" ("call is closed" in the job).
+        "taskmanager.memory.task.off-heap.size": "1024m",
         # The Python harnesses do the user work outside the JVM, but Flink's batch sorter (the
         # GroupByKey of StatisticsGen) sorts in managed memory: at 0.05 (of a 3072m process) a
         # 10x span failed with "Cannot write record to fresh sort buffer. Record too large."
