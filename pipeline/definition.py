@@ -29,6 +29,7 @@ from ctpipe.components.curated_schema import CuratedSchema
 from ctpipe.components.data_gate import DataGate, GateState
 from ctpipe.components.evaluation import build_eval_config
 from ctpipe.components.fast_evaluator import InProcessEvaluatorExecutor
+from ctpipe.components.fast_statistics import InProcessStatisticsGenExecutor
 from ctpipe.components.stable_model import MODEL_KEY, StableModelStrategy
 from ctpipe.components.stable_model import channels as stable_model_channels
 from ctpipe.pipeline.config import PipelineConfig
@@ -107,6 +108,9 @@ def create_components(config: PipelineConfig, data_root=None,
     # categorical: the Trainer's vocabularies come from these statistics.
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
                                                   schema=curated_schema.outputs["schema"])
+    # TFX's StatisticsGen; on the DirectRunner TFDV runs in process for spans up to 256 MB
+    # (components/fast_statistics.py), elsewhere on the configured Beam runner.
+    statistics_gen.executor_spec = executor_spec.BeamExecutorSpec(InProcessStatisticsGenExecutor)
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=False)
     example_validator = tfx.components.ExampleValidator(

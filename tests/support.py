@@ -345,3 +345,16 @@ def build_wheel_venv(root: Path) -> Path:
                     "--no-deps", "--ignore-requires-python", str(wheel)], check=True,
                    capture_output=True)
     return root / "venv"
+
+
+def top_values_up_to_ties(pairs) -> tuple:
+    """A top-k list [(value, count)] as what it means whatever order ties were met in: the
+    values counted more often than the last kept count, and how many values were kept at that
+    count (which of several tied values made the cut is arbitrary: TFDV on Beam and in memory
+    break such ties differently)."""
+    pairs = list(pairs)
+    if not pairs:
+        return {}, 0, 0
+    last = min(count for _, count in pairs)
+    return ({value: count for value, count in pairs if count > last},
+            sum(count == last for _, count in pairs), last)
