@@ -42,7 +42,7 @@ from tfx.components.evaluator import executor as tfx_evaluator
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, path_utils, proto_utils
 
-from ctpipe.components.label_check import auc
+from ctpipe.components.label_check import auc, serving_signature
 
 # TFMA metric class -> the key it reports; what this path computes.
 SUPPORTED_METRICS = {"ExampleCount": "example_count", "AUC": "auc",
@@ -139,7 +139,7 @@ def _scores(eval_config: tfma.EvalConfig, models: Dict[str, str], files: List[st
                   for name in slice_features})
     signatures = {}
     for name, path in models.items():
-        signature = tf.saved_model.load(path).signatures["serving_default"]
+        signature = serving_signature(path)  # the gate may have loaded it this cycle
         [input_name] = list(signature.structured_input_signature[1])
         signatures[name] = (signature, input_name)
     keys = {s.name: s.prediction_key for s in eval_config.model_specs}

@@ -9,6 +9,7 @@ the spans it was trained on ("expected") vs on the new span's eval split.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -96,6 +97,35 @@ def score(model_uri: str, files: Iterable[str], batch: int = 1024) -> Tuple[np.n
     return score_saved_model(os.path.join(model_uri, SERVING_DIR), files, batch)
 
 
+# Loaded serving signatures, newest last: within a cycle the gate scores stable twice (the new
+# span and the reference spans) and the Evaluator loads it again as its baseline; loading a
+# SavedModel costs ~1 s. Bounded, and emptied between cycles (forget_loaded_models, called by
+# pipeline/run/memory.release_after_cycle) so a long watch holds none of them.
+_LOADED: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+LOADED_MAX = 4
+
+
+def serving_signature(saved_model_dir: str):
+    """The SavedModel's serving_default signature, loaded once per cycle per folder."""
+    import tensorflow as tf
+
+    marker = os.path.join(saved_model_dir, "saved_model.pb")
+    key = (os.path.realpath(saved_model_dir),
+           os.stat(marker).st_mtime_ns if os.path.exists(marker) else None)
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+    _LOADED[key] = signature
+    while len(_LOADED) > LOADED_MAX:
+        _LOADED.popitem(last=False)
+    return signature
+
+
+def forget_loaded_models() -> None:
+    _LOADED.clear()
+
+
 def score_saved_model(saved_model_dir: str, files: Iterable[str], batch: int = 1024
                       ) -> Tuple[np.ndarray, np.ndarray]:
     """(labels, probabilities) of a SavedModel's serving_default signature on tf.Example files:
@@ -106,7 +136,7 @@ def score_saved_model(saved_model_dir: str, files: Iterable[str], batch: int = 1
     files = list(files)
     if not files:
         return np.zeros(0), np.zeros(0)
-    signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+    signature = serving_signature(saved_model_dir)
     [input_name] = list(signature.structured_input_signature[1])
     labels, scores = [], []
     label_spec = {F.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=0)}

@@ -43,3 +43,26 @@ def test_small_spans_get_a_noise_allowance_that_shuffled_labels_still_exceed():
     # A large span keeps the configured bound.
     assert LabelCheck(0.70, 0.93, 1300, [1], 0.15, auc_stderr(0.7, 300, 1000)).allowed_drop \
         == 0.15
+
+
+def test_a_loaded_signature_is_reused_until_the_cycle_releases_memory(tmp_path):
+    """The gate and the Evaluator score stable in the same cycle: one load. Between cycles
+    release_after_cycle() forgets every loaded model (a long watch holds none)."""
+    import tensorflow as tf
+
+    from ctpipe.components import label_check
+    from ctpipe.pipeline.run.memory import release_after_cycle
+
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def serve(self, x):
+            return {"y": 2 * x}
+
+    module = Doubler()
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
+    first = label_check.serving_signature(str(tmp_path))
+    assert label_check.serving_signature(str(tmp_path)) is first
+    release_after_cycle()
+    again = label_check.serving_signature(str(tmp_path))
+    assert again is not first
+    assert float(again(x=tf.constant([1.5]))["y"][0]) == 3.0

@@ -41,6 +41,9 @@ def _malloc_trim() -> bool:
 
 def release_after_cycle() -> None:
     """Give back what a finished cycle no longer needs (call between cycles, never inside)."""
+    label_check = sys.modules.get("ctpipe.components.label_check")
+    if label_check is not None:
+        label_check.forget_loaded_models()
     gc.collect()
     tf_keras = sys.modules.get("tf_keras")
     if tf_keras is not None:
