@@ -40,11 +40,14 @@ def machine() -> Dict[str, Any]:
             "python": platform.python_version(), "system": platform.platform()}
 
 
-def serving_bench(work: str, model_base: str, quick: bool) -> Optional[Dict[str, Any]]:
-    """serving/benchmark.py on the model ctpipe just pushed, in its own process."""
-    out = os.path.join(work, "serving.json")
+def serving_bench(work: str, model_base: str, quick: bool,
+                  batching: bool = False) -> Optional[Dict[str, Any]]:
+    """serving/benchmark.py on the model ctpipe just pushed, in its own process; `batching`:
+    the server batches (TF Serving's --enable_batching with its default parameters)."""
+    out = os.path.join(work, "serving-batching.json" if batching else "serving.json")
     argv = [sys.executable, "-m", "ctpipe.serving.benchmark", "--model-base-path", model_base,
-            "--json-out", out] + (["--quick"] if quick else [])
+            "--json-out", out] + (["--quick"] if quick else []) + \
+        (["--enable-batching"] if batching else [])
     # stdout: the table and ratios (printed at the end); stderr: one progress line per cell
     completed = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
     if completed.returncode != 0 or not os.path.exists(out):
@@ -100,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     scales = [s for s in args.scales if s <= 10] if args.quick else args.scales
     steps = ((0 if args.skip_compare else 10) + (0 if args.skip_scaling else 3 * len(scales))
              + (3 * len(scales) if args.flink else 0) + (2 if args.flink_large else 0)
-             + (0 if args.skip_serving else 1))
+             + (0 if args.skip_serving else 2))
     progress = Progress(steps)
     started = time.monotonic()
     print(f"bench work folder: {work}", file=sys.stderr)
@@ -126,6 +129,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                               f"scale-{scales[0]}x/home", "serving", "big_tipper")
         with progress.step("serving: in-process vs gRPC vs REST"):
             result["serving"] = serving_bench(work, served, args.quick)
+        with progress.step("serving with server-side batching"):
+            result["serving_batching"] = serving_bench(work, served, args.quick, batching=True)
     result["seconds"] = round(time.monotonic() - started, 1)
 
     info = result["machine"]
@@ -141,9 +146,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "flink_large" in result:
         print("\n## One large span on Flink\n")
         print(flink_scaling.large_markdown(result["flink_large"]))
-    if result.get("serving") and result["serving"].get("markdown"):
-        print("\n## Serving\n")
-        print(result["serving"]["markdown"])
+    for mode, title in (("serving", "Serving"),
+                        ("serving_batching", "Serving, server-side batching on")):
+        if result.get(mode) and result[mode].get("markdown"):
+            print(f"\n## {title}\n")
+            print(result[mode]["markdown"])
+    from ctpipe.pipeline.bench import targets
+
+    result["targets"] = targets.targets(result)
+    result["fixed_and_per_row"] = targets.fixed_and_per_row(result)
+    print("\n## Targets (issue 20), this run\n")
+    print(targets.markdown(result))
     path = args.json_out or os.path.join(work, "bench.json")
     with open(path, "w") as handle:
         json.dump(result, handle, indent=2)
