@@ -53,32 +53,54 @@ DIRECT_RUNNERS = ("", "directrunner", "direct")
 
 
 def runs_in_process(beam_pipeline_args: Sequence[str]) -> bool:
-    """True when Beam would run on this machine anyway (the DirectRunner, either mode)."""
-    runner = ""
-    for arg in beam_pipeline_args or []:
-        if arg.startswith("--runner="):
-            runner = arg.split("=", 1)[1]
-    return runner.lower() in DIRECT_RUNNERS
+    """True when Beam would run on this machine anyway (the DirectRunner, either mode). The
+    runner is read as Beam reads it (`--runner=X` and `--runner X` alike)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    runner = PipelineOptions(list(beam_pipeline_args or [])).view_as(StandardOptions).runner
+    return (runner or "").lower() in DIRECT_RUNNERS
 
 
-def unsupported(eval_config: tfma.EvalConfig) -> Optional[str]:
-    """Why this eval config needs TFMA (None: this path computes all of it)."""
+def unsupported(eval_config: tfma.EvalConfig,
+                exec_properties: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """Why this eval config (or the component's properties) needs TFMA; None: this path
+    computes all of it exactly as TFMA would."""
+    exec_properties = exec_properties or {}
+    if exec_properties.get(standard_component_specs.MODULE_FILE_KEY) or exec_properties.get(
+            standard_component_specs.MODULE_PATH_KEY):
+        return "a module file (custom extractors or model loading)"
     if len(eval_config.model_specs) > 2 or eval_config.cross_slicing_specs:
         return "more than two models or cross slices"
+    if not eval_config.slicing_specs:
+        return "no slicing spec (TFMA then adds the overall slice)"
+    if eval_config.options.ByteSize():
+        return "eval options (minimum slice size, confidence intervals, ...)"
     for spec in eval_config.model_specs:
         if spec.example_weight_key or spec.example_weight_keys or not spec.label_key \
-                or not spec.prediction_key or spec.signature_name not in ("", "serving_default"):
+                or not spec.prediction_key or spec.signature_name not in ("", "serving_default") \
+                or spec.model_type or spec.preprocessing_function_names or spec.label_keys \
+                or spec.prediction_keys:
             return f"model spec {spec.name!r} needs TFMA"
     for spec in eval_config.slicing_specs:
         if spec.feature_values or spec.slice_keys_sql:
             return "a slicing spec with feature values or SQL"
     for metrics_spec in eval_config.metrics_specs:
         if metrics_spec.binarize.ByteSize() or metrics_spec.aggregate.ByteSize() \
-                or metrics_spec.query_key or metrics_spec.example_weights.ByteSize():
-            return "binarized, aggregated, query or weighted metrics"
+                or metrics_spec.query_key or metrics_spec.example_weights.ByteSize() \
+                or metrics_spec.output_names or metrics_spec.thresholds \
+                or metrics_spec.per_slice_thresholds or metrics_spec.cross_slice_thresholds:
+            return "binarized, aggregated, query, weighted or per-output metrics"
+        if metrics_spec.model_names and set(metrics_spec.model_names) != {
+                s.name for s in eval_config.model_specs}:
+            return "metrics for some of the models only"
         for metric in metrics_spec.metrics:
-            if metric.class_name not in SUPPORTED_METRICS or metric.config or metric.module:
+            if metric.class_name not in SUPPORTED_METRICS or metric.config or metric.module \
+                    or metric.cross_slice_thresholds:
                 return f"metric {metric.class_name} with options"
+            for per_slice in metric.per_slice_thresholds:
+                if any(spec.feature_values or spec.slice_keys_sql
+                       for spec in per_slice.slicing_specs):
+                    return "a threshold on a slice by feature value"
     return None
 
 
@@ -98,7 +120,8 @@ class InProcessEvaluatorExecutor(tfx_evaluator.Executor):
         eval_config = tfma.utils.update_eval_config_with_defaults(
             eval_config, has_baseline=has_baseline, rubber_stamp=True)
         tfma.utils.verify_eval_config(eval_config)
-        if unsupported(eval_config):
+        if unsupported(eval_config, exec_properties) \
+                or input_dict.get(standard_component_specs.SCHEMA_KEY):
             return super().Do(input_dict, output_dict, exec_properties)
         models = {}
         for spec in eval_config.model_specs:
@@ -133,8 +156,7 @@ def _scores(eval_config: tfma.EvalConfig, models: Dict[str, str], files: List[st
     spec = eval_config.model_specs[0]
     slice_features = sorted({name for s in eval_config.slicing_specs for name in s.feature_keys})
     dtypes = _feature_dtypes(files, [spec.label_key] + slice_features)
-    parse = {spec.label_key: tf.io.FixedLenFeature(
-        [], dtypes.get(spec.label_key, tf.float32), default_value=0)}
+    parse = {spec.label_key: tf.io.VarLenFeature(dtypes.get(spec.label_key, tf.float32))}
     parse.update({name: tf.io.VarLenFeature(dtypes.get(name, tf.string))
                   for name in slice_features})
     signatures = {}
@@ -150,16 +172,30 @@ def _scores(eval_config: tfma.EvalConfig, models: Dict[str, str], files: List[st
         dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(SCORE_BATCH)
         for records in dataset:
             parsed = tf.io.parse_example(records, parse)
-            labels.append(parsed[spec.label_key].numpy())
+            label = parsed[spec.label_key]
+            rows = int(label.dense_shape[0])
+            if len(label.values) != rows or (rows and int(label.dense_shape[1]) != 1):
+                # TFMA fails such an evaluation too ("no value provided for label").
+                raise ValueError(f"label {spec.label_key!r} missing or repeated in some of "
+                                 f"{rows} eval rows")
+            labels.append(label.values.numpy())
             for name in slice_features:
                 sparse = parsed[name]
                 per_row: List[List[Any]] = [[] for _ in range(int(sparse.dense_shape[0]))]
-                for (row, _), value in zip(sparse.indices.numpy(), sparse.values.numpy()):
-                    per_row[row].append(value)
+                for (row, _), value in zip(sparse.indices.numpy(), sparse.values.numpy().tolist()):
+                    # As TFMA's slicer: text for bytes (raises on non-UTF-8), each value once.
+                    value = tf.compat.as_text(value) if isinstance(value, bytes) else value
+                    if value not in per_row[row]:
+                        per_row[row].append(value)
                 slice_values[name].extend(per_row)
             for name, (signature, input_name) in signatures.items():
                 outputs = signature(**{input_name: records})
-                predictions[name].append(outputs[keys[name]].numpy().reshape(-1))
+                predicted = outputs[keys[name]].numpy().reshape(-1)
+                if len(predicted) != rows or not np.isfinite(predicted).all():
+                    # TFMA's histogram cannot bucket NaN either: never bless such a model.
+                    raise ValueError(f"model {name or 'candidate'!r}: {keys[name]!r} gave "
+                                     f"{len(predicted)} values for {rows} rows, or non-finite")
+                predictions[name].append(predicted)
     label_array = np.concatenate(labels).astype(np.float64) if labels else np.zeros(0)
     return (label_array, {name: np.concatenate(p) if p else np.zeros(0)
                           for name, p in predictions.items()}, slice_values)
@@ -242,6 +278,8 @@ def sliced_metrics(eval_config: tfma.EvalConfig, models: Dict[str, str], files: 
     baseline = next((s.name for s in eval_config.model_specs if s.is_baseline), None)
     result = {}
     for slice_key, rows in _slices(eval_config, len(labels), slice_values).items():
+        if not len(rows):
+            continue  # TFMA writes no slice without rows (an empty split: missing slices)
         per_model = {name: metric_values(labels[rows], predictions[name][rows])
                      for name in models}
         values: Dict[metric_types.MetricKey, float] = {}

@@ -9,9 +9,13 @@ what TFXIO's BeamSource uses), so the numbers agree with Beam's up to float summ
 (the last digits of a mean).
 
 When Beam runs elsewhere (a `--runner` other than the DirectRunner), a split's files exceed
-IN_PROCESS_MAX_BYTES, or the options ask for sampling, sharded output or filtered reads, TFX's
-executor runs TFDV on Beam as before. The output is TFX's: `Split-<name>/FeatureStats.pb` (a
-binary DatasetFeatureStatisticsList) and the same artifact properties.
+IN_PROCESS_MAX_BYTES, the records are not tf.Examples, or the options ask for anything the
+in-memory path does not do (sampling, sharded output, filtered reads, slicing, lift statistics,
+custom generators), TFX's executor runs TFDV on Beam as before. One difference remains on
+purpose: in memory TFDV counts top values with its sketch (Misra-Gries, 1024 counters), exact
+for columns with fewer distinct values than that - every column of ours. The output is TFX's:
+`Split-<name>/FeatureStats.pb` (a binary DatasetFeatureStatisticsList) and the same artifact
+properties.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import tensorflow as tf
 from tfx import types
 from tfx.components.statistics_gen import executor as tfx_statistics
 from tfx.components.util import examples_utils
+from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, json_utils
 
@@ -58,6 +63,13 @@ class InProcessStatisticsGenExecutor(tfx_statistics.Executor):
                     standard_component_specs.SAMPLE_RATE_BY_SPLIT_KEY, "null"))
                 or exec_properties.get(standard_component_specs.SHARDED_STATS_OUTPUT_KEY)
                 or stats_options.experimental_filter_read_paths
+                # TFDV in memory: no slicing, no lift statistics, combiner generators only.
+                or stats_options.experimental_slice_functions
+                or stats_options.experimental_slice_sqls or stats_options.slicing_config
+                or stats_options.label_feature or stats_options.generators
+                or stats_options.schema is not None
+                or examples_utils.get_payload_format(examples)
+                != example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE
                 or any(sum(tf.io.gfile.stat(f).length for f in paths) > IN_PROCESS_MAX_BYTES
                        for paths in files.values())):
             return super().Do(input_dict, output_dict, exec_properties)

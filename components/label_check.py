@@ -114,12 +114,13 @@ def serving_signature(saved_model_dir: str):
            os.stat(marker).st_mtime_ns if os.path.exists(marker) else None)
     if key in _LOADED:
         _LOADED.move_to_end(key)
-        return _LOADED[key]
-    signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    _LOADED[key] = signature
-    while len(_LOADED) > LOADED_MAX:
-        _LOADED.popitem(last=False)
-    return signature
+    else:
+        # The loaded object itself is kept: a signature holds its variables and tables only
+        # weakly, and calling it after the object was collected fails.
+        _LOADED[key] = tf.saved_model.load(saved_model_dir)
+        while len(_LOADED) > LOADED_MAX:
+            _LOADED.popitem(last=False)
+    return _LOADED[key].signatures["serving_default"]
 
 
 def forget_loaded_models() -> None:

@@ -54,7 +54,9 @@ def _run(executor, tmp_path, tag, model, baseline, examples, eval_config):
     executor.Do(inputs, outputs, {"eval_config": proto_utils.proto_to_json(eval_config),
                                   "example_splits": json.dumps(["eval"])})
     blessing = outputs["blessing"][0]
-    return {"metrics": metrics_by_slice(str(out / "eval")),
+    with open(out / "eval" / "eval_config.json") as handle:
+        data_location = json.load(handle).get("dataLocation", "")
+    return {"data_location": data_location, "metrics": metrics_by_slice(str(out / "eval")),
             "failed": failed_thresholds(str(out / "eval")),
             "blessed": blessing.get_int_custom_property("blessed"),
             "files": sorted(os.listdir(out / "blessing"))}
@@ -76,6 +78,9 @@ def test_in_process_evaluator_matches_tfma(long_run, tmp_path, case):
     tfma = _run(TfmaExecutor(), tmp_path, "tfma", model, baseline, examples, eval_config)
     ours = _run(InProcessEvaluatorExecutor(), tmp_path, "ours", model, baseline, examples,
                 eval_config)
+    # TFMA on Beam records "<user provided PCollection>"; the in-process path its files: it
+    # really ran (no silent fallback to TFMA).
+    assert tfma["data_location"].startswith("<") and ours["data_location"].startswith(examples)
     assert ours["blessed"] == tfma["blessed"] and ours["files"] == tfma["files"]
     assert ours["blessed"] == (0 if case == "change_threshold_fails" else 1)
     assert [_reason(r) for r in ours["failed"]] == [_reason(r) for r in tfma["failed"]], \
@@ -120,3 +125,81 @@ def test_only_the_direct_runner_and_supported_configs_run_in_process():
     assert unsupported(config) is None
     config.metrics_specs[0].metrics.append(tfma.MetricConfig(class_name="Precision"))
     assert "Precision" in unsupported(config)
+
+
+def _toy_model(path):
+    """A SavedModel taking serialized tf.Examples whose `probabilities` is the example's `x`."""
+    import tensorflow as tf
+
+    class Toy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(self, examples):
+            x = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([], tf.float32)})["x"]
+            return {"probabilities": tf.reshape(x, [-1, 1])}
+
+    toy = Toy()
+    tf.saved_model.save(toy, str(path), signatures={"serving_default": toy.serve})
+    return str(path)
+
+
+def _examples(path, rows):
+    """GZIP TFRecord of rows {feature: list of values}."""
+    import tensorflow as tf
+
+    def feature(values):
+        if isinstance(values[0], bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        if isinstance(values[0], int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for row in rows:
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                name: feature(values) for name, values in row.items() if values})
+            ).SerializeToString())
+    return str(path)
+
+
+def _config(slice_feature="payment_type"):
+    import tensorflow_model_analysis as tfma
+
+    return tfma.utils.update_eval_config_with_defaults(
+        build_eval_config(0.5, 0.1, 1).__class__(
+            model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="big_tipper",
+                                        prediction_key="probabilities")],
+            slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[slice_feature])],
+            metrics_specs=build_eval_config(0.5, 0.1, 1).metrics_specs),
+        has_baseline=False, rubber_stamp=True)
+
+
+def test_non_finite_predictions_and_missing_labels_fail_the_evaluation(tmp_path):
+    """TFMA cannot bucket a NaN prediction and refuses a row without its label: the in-process
+    path must not bless such a model either."""
+    from ctpipe.components.fast_evaluator import sliced_metrics
+
+    model = _toy_model(tmp_path / "model")
+    good = {"big_tipper": [1], "payment_type": [b"Cash"], "x": [0.7]}
+    nan = _examples(tmp_path / "nan.gz", [good, dict(good, x=[float("nan")])])
+    with pytest.raises(ValueError, match="non-finite"):
+        sliced_metrics(_config(), {"": model}, [nan])
+    unlabelled = _examples(tmp_path / "unlabelled.gz", [good, dict(good, big_tipper=[])])
+    with pytest.raises(ValueError, match="label 'big_tipper' missing"):
+        sliced_metrics(_config(), {"": model}, [unlabelled])
+
+
+def test_slices_are_keyed_as_tfma_keys_them(tmp_path):
+    """Text for strings, Python ints for integers, a value repeated in one row counted once."""
+    from ctpipe.components.fast_evaluator import sliced_metrics
+
+    model = _toy_model(tmp_path / "model")
+    rows = [{"big_tipper": [1], "payment_type": [b"Cash", b"Cash"], "area": [7], "x": [0.9]},
+            {"big_tipper": [0], "payment_type": [b"Card"], "area": [7, 8], "x": [0.2]}]
+    files = [_examples(tmp_path / "rows.gz", rows)]
+    by_text = sliced_metrics(_config(), {"": model}, files)
+    assert set(by_text) == {(), (("payment_type", "Cash"),), (("payment_type", "Card"),)}
+    cash = by_text[(("payment_type", "Cash"),)]
+    assert [v for k, v in cash.items() if k.name == "example_count"] == [1.0]
+    by_int = sliced_metrics(_config("area"), {"": model}, files)
+    assert set(by_int) == {(), (("area", 7),), (("area", 8),)}
+    assert all(type(value) is int for key in by_int for _, value in key)

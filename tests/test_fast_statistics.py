@@ -101,7 +101,11 @@ def test_in_process_statistics_match_tfdv_on_beam(long_run, tmp_path):
 
     examples = _examples_uri(long_run.home)
     theirs = _run(TfxExecutor(), examples, tmp_path / "tfx")
-    ours = _run(InProcessStatisticsGenExecutor(), examples, tmp_path / "ours")
+    class NoBeam(InProcessStatisticsGenExecutor):
+        def _make_beam_pipeline(self):  # a silent fallback to Beam fails here
+            raise AssertionError("the in-process path fell back to Beam")
+
+    ours = _run(NoBeam(), examples, tmp_path / "ours")
     assert ours.split_names == theirs.split_names and ours.span == theirs.span == 7
     assert ours.get_json_value_custom_property("sample_rate_by_split") == \
         theirs.get_json_value_custom_property("sample_rate_by_split")
