@@ -47,3 +47,13 @@ def test_fixed_start_up_and_per_row_work_from_two_sizes():
     assert abs(split["marginal_rows_per_s"] - 10_000) <= 5
     assert abs(split["fixed_s"] - 1.9) <= 0.01
     assert split["fixed_share_1x"] == 0.95 and split["fixed_share_100x"] == 0.16
+
+
+def test_a_cycle_that_decided_its_span_is_measured_and_a_failed_one_stops_the_bench():
+    from ctpipe.pipeline.bench.measure import CycleRun, decided
+
+    def run(code):
+        return CycleRun("x", 1.0, 1.0, code)
+
+    assert decided(run(0)) and decided(run(3)) and decided(run(4))  # pushed, blocked, not blessed
+    assert not decided(run(1)) and not decided(run(2)) and not decided(run(7))

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 from ctpipe.pipeline.bench.measure import (
     CycleRun,
     component_seconds,
+    decided,
     latest_artifact_uri,
     model_auc,
     overlap,
@@ -66,7 +67,7 @@ def _catch_up(kind: str, work: str, data_root: str, spans: List[int],
         argv = python("ctpipe.pipeline.commands.main", "run", "--all", "--from-span",
                       str(spans[0]), "--data-root", data_root, "--home", home, "--json")
     run = run_process(f"{kind} history", argv, os.path.join(work, f"{kind}-history.log"))
-    if run.returncode != 0:
+    if not decided(run):
         raise RuntimeError(f"catching up spans ({kind}) failed (exit {run.returncode}); "
                            f"see {run.log}")
     return run
@@ -84,7 +85,7 @@ def _cycle(kind: str, which: str, work: str, data_root: str, train_steps: int) -
         argv = python("ctpipe.pipeline.commands.main", "run", "--data-root", data_root,
                       "--home", home, "--json")
     run = run_process(f"{kind} {which}", argv, log)
-    if run.returncode != 0:
+    if not decided(run):
         raise RuntimeError(f"{run.label} failed with exit code {run.returncode}; see {log}")
     run.components = component_seconds(os.path.join(home, "metadata.sqlite"),
                                        PIPELINE_NAMES[kind])

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
-from ctpipe.pipeline.bench.measure import component_seconds, python, run_process
+from ctpipe.pipeline.bench.measure import component_seconds, decided, python, run_process
 from ctpipe.pipeline.bench.scaling import SOURCE_SPANS, scaled_span
 from ctpipe.pipeline.run.progress import Progress
 
@@ -71,7 +71,7 @@ def run_by_runner(sample_dir: str, work: str, factors: Sequence[int], progress: 
                         "ctpipe.pipeline.commands.main", "run", "--config", config,
                         "--data-root", data_root, "--home", home, "--json"),
                         os.path.join(root, f"{runner}.log"))
-                if run.returncode != 0:
+                if not decided(run):
                     raise RuntimeError(f"{factor}x on {runner} failed (exit {run.returncode}); "
                                        f"see {run.log}")
                 run.components = component_seconds(os.path.join(home, "metadata.sqlite"),
@@ -117,7 +117,7 @@ def run_large_on_flink(sample_dir: str, work: str, factor: int,
                 os.path.join(root, "cycle.log"))
         jobs = flink_local.rest(cluster.ports, "/jobs/overview")["jobs"]
     finally:
-        failed = "run" not in locals() or run.returncode != 0
+        failed = "run" not in locals() or not decided(run)
         flink_local.down(state_dir, keep_logs=failed)  # the cluster's logs explain a failure
     run.components = component_seconds(os.path.join(home, "metadata.sqlite"), "ctpipe")
     speed = {name: round(count / run.components[name])

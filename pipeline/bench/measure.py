@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+from ctpipe.components.basics import ExitCode
+
 
 @dataclasses.dataclass
 class CycleRun:
@@ -41,6 +43,15 @@ def run_process(label: str, argv: List[str], log_path: str) -> CycleRun:
     process.returncode = os.waitstatus_to_exitcode(status)
     return CycleRun(label, round(seconds, 1), round(usage.ru_maxrss / 1024, 0),
                     process.returncode, log=log_path)
+
+
+# A cycle that decided its span: pushed (0), blocked by the gate (3) or not blessed (4). All are
+# measured cycles; only a failure (1, 2, ...) stops the bench.
+DECIDED_EXIT_CODES = (int(ExitCode.OK), int(ExitCode.DATA_BLOCKED), int(ExitCode.NOT_BLESSED))
+
+
+def decided(run: "CycleRun") -> bool:
+    return run.returncode in DECIDED_EXIT_CODES
 
 
 def python(module: str, *args: str) -> List[str]:

@@ -8,7 +8,7 @@ import os
 import random
 from typing import Dict, List, Optional
 
-from ctpipe.pipeline.bench.measure import component_seconds, python, run_process
+from ctpipe.pipeline.bench.measure import component_seconds, decided, python, run_process
 from ctpipe.pipeline.run.progress import Progress
 
 # Continuous columns get multiplicative noise; coordinates a few metres of jitter. Categorical
@@ -69,7 +69,7 @@ def run_scaling(sample_dir: str, work: str, factors: List[int],
                 run = run_process(f"{factor}x {which}", python(
                     "ctpipe.pipeline.commands.main", "run", "--data-root", data_root,
                     "--home", home, "--json", *extra), os.path.join(root, f"{which}.log"))
-            if run.returncode != 0:
+            if not decided(run):
                 raise RuntimeError(f"scaling {factor}x {which} cycle failed "
                                    f"(exit {run.returncode}); see {run.log}")
             run.components = component_seconds(os.path.join(home, "metadata.sqlite"), "ctpipe")
