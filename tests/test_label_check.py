@@ -66,6 +66,7 @@ def test_a_loaded_signature_is_reused_until_the_cycle_releases_memory(tmp_path):
 
     module = Doubler()
     tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
+    release_after_cycle()  # whatever earlier tests' cycles left loaded in this process
     first = label_check.serving_signature(str(tmp_path))
     gc.collect()  # a cached signature must still reach its variable (held only weakly by it)
     assert float(first(x=tf.constant([1.0]))["y"][0]) == 2.0
