@@ -25,6 +25,7 @@ Differences from TFMA, on purpose:
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -40,7 +41,7 @@ from tfx import types
 from tfx.components.evaluator import constants
 from tfx.components.evaluator import executor as tfx_evaluator
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, path_utils, proto_utils
+from tfx.utils import io_utils, json_utils, path_utils, proto_utils
 
 from ctpipe.components.label_check import auc, serving_signature
 
@@ -130,7 +131,8 @@ class InProcessEvaluatorExecutor(tfx_evaluator.Executor):
             artifact = artifact_utils.get_single_instance(input_dict[key])
             models[spec.name] = path_utils.serving_model_path(
                 artifact.uri, path_utils.is_old_model_artifact(artifact))
-        splits = json_loads(exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY))
+        splits = json_utils.loads(
+            exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         files = [path for split in (splits or ["eval"])
                  for uri in artifact_utils.get_split_uris(
                      input_dict[standard_component_specs.EXAMPLES_KEY], split)
@@ -142,12 +144,6 @@ class InProcessEvaluatorExecutor(tfx_evaluator.Executor):
             return None  # TFX: no thresholds, no blessing
         bless(input_dict, output_dict, exec_properties, output_uri)
         return None
-
-
-def json_loads(value: Optional[str]) -> Any:
-    from tfx.utils import json_utils
-
-    return json_utils.loads(value) if value else None
 
 
 def _scores(eval_config: tfma.EvalConfig, models: Dict[str, str], files: List[str]
@@ -237,17 +233,11 @@ def _slices(eval_config: tfma.EvalConfig, rows: int,
             values = [slice_values[name][row] for name in names]
             if any(not v for v in values):
                 continue
-            for combination in _product(values):
+            for combination in itertools.product(*values):
                 key = tuple((name, value) for name, value in zip(names, combination))
                 groups.setdefault(key, []).append(row)
         result.update({key: np.asarray(rows_) for key, rows_ in groups.items()})
     return result
-
-
-def _product(values: List[List[bytes]]) -> List[tuple]:
-    import itertools
-
-    return list(itertools.product(*values))
 
 
 def metric_values(labels: np.ndarray, predictions: np.ndarray) -> Dict[str, float]:

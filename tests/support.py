@@ -358,3 +358,19 @@ def top_values_up_to_ties(pairs) -> tuple:
     last = min(count for _, count in pairs)
     return ({value: count for value, count in pairs if count > last},
             sum(count == last for _, count in pairs), last)
+
+
+def home_artifact_uris(home: Path) -> Dict[str, List[str]]:
+    """A home's Trainer models that still have their SavedModel and its ExampleGen outputs that
+    still have an eval split, oldest first: {"models": [...], "examples": [...]}."""
+    from ctpipe.pipeline.home.store import open_store, sqlite_connection
+
+    store = open_store(sqlite_connection(str(Path(home) / "metadata.sqlite")))
+
+    def uris(type_name: str, keep) -> List[str]:
+        return [a.uri for a in sorted(store.get_artifacts_by_type(type_name), key=lambda a: a.id)
+                if keep(a.uri)]
+    return {"models": uris("Model", lambda uri: os.path.isdir(os.path.join(uri,
+                                                                           "Format-Serving"))),
+            "examples": uris("Examples", lambda uri: "/CsvExampleGen/" in uri
+                             and os.path.isdir(os.path.join(uri, "Split-eval")))}

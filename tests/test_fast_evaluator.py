@@ -11,6 +11,8 @@ import pytest
 
 from ctpipe.components.evaluation import build_eval_config, failed_thresholds, metrics_by_slice
 
+from tests.support import home_artifact_uris
+
 pytestmark = pytest.mark.e2e
 # Exact AUC (Mann-Whitney) vs TFMA's 10,000-bucket approximation; the other metrics are sums.
 AUC_TOLERANCE = 2e-3
@@ -18,19 +20,9 @@ OTHER_TOLERANCE = 1e-4
 
 
 def _artifacts(home):
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(home / "metadata.sqlite")
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    models = [a for a in sorted(store.get_artifacts_by_type("Model"), key=lambda a: a.id)
-              if os.path.isdir(os.path.join(a.uri, "Format-Serving"))]
-    examples = [a for a in sorted(store.get_artifacts_by_type("Examples"), key=lambda a: a.id)
-                if "/CsvExampleGen/" in a.uri and os.path.isdir(os.path.join(a.uri, "Split-eval"))]
-    assert len(models) >= 2 and examples, (len(models), len(examples))
-    return models[-1].uri, models[0].uri, examples[-1].uri
+    found = home_artifact_uris(home)
+    assert len(found["models"]) >= 2 and found["examples"], found
+    return found["models"][-1], found["models"][0], found["examples"][-1]
 
 
 def _run(executor, tmp_path, tag, model, baseline, examples, eval_config):

@@ -10,21 +10,13 @@ import shutil
 
 import pytest
 
-from tests.support import top_values_up_to_ties
+from tests.support import home_artifact_uris, top_values_up_to_ties
 
 pytestmark = pytest.mark.e2e
 
 
 def _examples_uri(home) -> str:
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = str(home / "metadata.sqlite")
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    found = [a.uri for a in sorted(store.get_artifacts_by_type("Examples"), key=lambda a: a.id)
-             if "/CsvExampleGen/" in a.uri and os.path.isdir(os.path.join(a.uri, "Split-eval"))]
+    found = home_artifact_uris(home)["examples"]
     assert found
     return found[-1]
 

@@ -12,6 +12,8 @@ import os
 import threading
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ctpipe.pipeline.run.memory import rss_mib
+
 # First match wins: (substring of the command line, role). Flink's JVMs are told apart by
 # their entry classes (flink-console.sh), Beam's Python harness by its module.
 ROLES: Tuple[Tuple[str, str], ...] = (
@@ -39,17 +41,6 @@ def _parent_of(pid: str) -> Optional[int]:
             return int(handle.read().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def rss_of(pid: int) -> Optional[float]:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def _cmdline(pid: int) -> str:
@@ -93,8 +84,8 @@ class PeakMemory:
     def sample(self, pids: Optional[Iterable[int]] = None) -> None:
         total = 0.0
         for pid in (descendants(self.root) if pids is None else pids):
-            rss = rss_of(pid)
-            if rss is None:
+            rss = rss_mib(pid)
+            if not rss:  # gone since the listing, or a kernel thread
                 continue
             name = role(_cmdline(pid))
             total += rss

@@ -88,8 +88,6 @@ def soak_process(sample_dir: str, work: str, cycles: int,
     import subprocess
     import sys
 
-    from ctpipe.pipeline.bench.process_memory import rss_of
-
     root = os.path.join(work, "soak-process")
     data_root, home = os.path.join(root, "data"), os.path.join(root, "home")
     make_spans(sample_dir, data_root, cycles, rows)
@@ -111,7 +109,7 @@ def soak_process(sample_dir: str, work: str, cycles: int,
             per_cycle.append({"cycle": len(per_cycle) + 1, "span": decision.get("span"),
                               "outcome": decision.get("outcome"),
                               "seconds": round(now - started, 1),
-                              "rss_mib": round(rss_of(process.pid) or 0.0, 1)})
+                              "rss_mib": rss_mib(process.pid)})
             started = now
             print(f"soak (process): cycle {len(per_cycle)}/{cycles} span {decision.get('span')} "
                   f"{decision.get('outcome')} {per_cycle[-1]['seconds']}s "

@@ -12,15 +12,16 @@ import ctypes
 import ctypes.util
 import gc
 import sys
-from typing import Optional
+from typing import Optional, Union
 
 _LIBC: Optional[ctypes.CDLL] = None
 
 
-def rss_mib() -> float:
-    """This process's resident set size now (MiB), from /proc (Linux); 0.0 elsewhere."""
+def rss_mib(pid: Union[int, str] = "self") -> float:
+    """A process's resident set size now (MiB), from /proc (Linux): this one by default. 0.0
+    where there is none to read (another OS, a process gone, a kernel thread)."""
     try:
-        with open("/proc/self/status") as handle:
+        with open(f"/proc/{pid}/status") as handle:
             for line in handle:
                 if line.startswith("VmRSS:"):
                     return round(int(line.split()[1]) / 1024, 1)
