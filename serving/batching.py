@@ -280,14 +280,12 @@ class Batcher:
             self._process(batch)
 
     def _process(self, batch: _Batch) -> None:
-        import tensorflow as tf
-
         tasks = batch.tasks
         try:
             if len(tasks) == 1:
                 merged = tasks[0].inputs
             else:
-                merged = {alias: tf.concat([t.inputs[alias] for t in tasks], 0)
+                merged = {alias: np.concatenate([t.inputs[alias] for t in tasks])
                           for alias in tasks[0].inputs}
             outputs = _numpy(self._run(merged))
             for alias, value in outputs.items():

@@ -96,6 +96,24 @@ def _string_tensor(value) -> tf.Tensor:
     return tf.constant(array, dtype=tf.string)
 
 
+def _numeric_array(value, dtype: tf.dtypes.DType) -> np.ndarray:
+    """Numbers as the signature's numpy dtype: no text, no fraction for an integer input."""
+    if isinstance(value, np.ndarray) and value.dtype == dtype.as_numpy_dtype:
+        return value
+    array = np.asarray(value)
+    if array.dtype.kind in "OUS":
+        raise TypeError(f"got text for a {dtype.name} input")
+    if array.dtype.kind == "f" and dtype.is_integer:
+        raise TypeError(f"got a fraction for an {dtype.name} input")
+    return array.astype(dtype.as_numpy_dtype, copy=False)
+
+
+def _tensors(arrays: Dict[str, np.ndarray]) -> Dict[str, tf.Tensor]:
+    """A batch's merged arrays as the signature's tensors (object arrays hold bytes)."""
+    return {alias: tf.constant(array, dtype=tf.string) if array.dtype == object
+            else tf.constant(array) for alias, array in arrays.items()}
+
+
 class _SignatureCall:
     """One signature, called on a dict of tensors.
 
@@ -249,12 +267,16 @@ class Servable:
             if alias not in signature_def.outputs:
                 raise ServingError("INVALID_ARGUMENT",
                                    f"output tensor alias not found in signature: {alias}")
-        tensors = {alias: self._to_tensor(alias, value, spec.dtypes[alias])
-                   for alias, value in inputs.items()}
         wanted = list(output_filter) or spec.outputs
         if self.batching is not None:
-            outputs = self.batcher(key).submit(tensors)
+            # numpy until the batch is formed: one concatenate and one tensor per input per
+            # batch, not one tensor per input per request plus a tf.concat per batch
+            arrays = {alias: self._to_array(alias, value, spec.dtypes[alias])
+                      for alias, value in inputs.items()}
+            outputs = self.batcher(key).submit(arrays)
             return {alias: outputs[alias] for alias in wanted}
+        tensors = {alias: self._to_tensor(alias, value, spec.dtypes[alias])
+                   for alias, value in inputs.items()}
         outputs = self._call(self._calls[key], tensors)
         return {alias: outputs[alias].numpy() for alias in wanted}
 
@@ -268,8 +290,8 @@ class Servable:
                 batcher = self._batchers.get(key)
                 if batcher is None:
                     call = self._calls[key]
-                    batcher = Batcher(lambda tensors: self._call(call, tensors), self.batching,
-                                      f"{self.name}-{self.version}-{key}")
+                    batcher = Batcher(lambda arrays: self._call(call, _tensors(arrays)),
+                                      self.batching, f"{self.name}-{self.version}-{key}")
                     self._batchers[key] = batcher
         return batcher
 
@@ -281,14 +303,23 @@ class Servable:
         try:
             if dtype == tf.string:
                 return _string_tensor(value)
-            if isinstance(value, np.ndarray) and value.dtype == dtype.as_numpy_dtype:
-                return tf.constant(value)
-            array = np.asarray(value)
-            if array.dtype.kind in "OUS":
-                raise TypeError(f"got text for a {dtype.name} input")
-            if array.dtype.kind == "f" and dtype.is_integer:
-                raise TypeError(f"got a fraction for an {dtype.name} input")
-            return tf.constant(array.astype(dtype.as_numpy_dtype, copy=False))
+            return tf.constant(_numeric_array(value, dtype))
+        except (TypeError, ValueError) as error:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"input '{alias}' cannot be converted to {dtype.name}: {error}")
+
+    @staticmethod
+    def _to_array(alias: str, value, dtype_enum) -> np.ndarray:
+        """A request value as a numpy array of the signature's dtype (strings: an object array
+        of bytes), with _to_tensor's checks and errors; no tensor is made for numbers."""
+        dtype = tf.dtypes.as_dtype(dtype_enum)
+        if dtype == tf.string:
+            if isinstance(value, np.ndarray) and value.dtype == object and \
+                    all(isinstance(v, bytes) for v in value.flat):
+                return value
+            return Servable._to_tensor(alias, value, dtype_enum).numpy()
+        try:
+            return _numeric_array(value, dtype)
         except (TypeError, ValueError) as error:
             raise ServingError("INVALID_ARGUMENT",
                                f"input '{alias}' cannot be converted to {dtype.name}: {error}")
