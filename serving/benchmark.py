@@ -7,6 +7,11 @@ Usage: python -m ctpipe.serving.benchmark --model-base-path HOME/serving/big_tip
            [--model-base-path DIR]   (a running server, e.g. a real TF Serving; the in-process
                                       rows need the model's files)
 
+By default the server runs as `ctpipe serve` in its own process (as it is deployed: clients
+never share the server's interpreter); --in-process-server starts it inside the benchmark's
+process instead, where its threads and the client threads share one GIL. The process is
+stopped by its PID when the benchmark ends.
+
 Each cell sends a fixed number of requests (--requests, split over the cell's threads; each
 thread has its own channel / HTTP connection) after a short warm-up, and reports requests/s,
 rows/s, p50 and p99 latency. Targets: gRPC >= 0.8x the in-process rate at batch 32, gRPC p99 <=
@@ -27,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -334,6 +341,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="the started server batches (TF Serving's --enable_batching)")
     parser.add_argument("--batching-parameters-file", "--batching_parameters_file",
                         help="BatchingParameters text proto for --enable-batching")
+    parser.add_argument("--in-process-server", action="store_true",
+                        help="start the server inside this process (default: `ctpipe serve` "
+                             "in its own process)")
     parser.add_argument("--json-out", help="also write the cells and ratios as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -345,8 +355,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not args.model_base_path:
         targets = [t for t in targets if t not in ("inproc", "flat", "servable")]
     setup = Setup(args)
-    server = None
-    if not (args.grpc and args.rest):
+    server, where = None, "given"
+    if not (args.grpc and args.rest) and not args.in_process_server:
+        server, where = ServerProcess(args), "own process"
+        args.grpc, args.rest = server.grpc_address, server.rest_url
+    elif not (args.grpc and args.rest):
+        where = "in-process"
         from ctpipe.serving.model_config import single_model
         from ctpipe.serving.server import start_server
         batching = None
@@ -389,9 +403,73 @@ def main(argv: Optional[List[str]] = None) -> None:
             json.dump({"config": {"requests": args.requests, "warmup": args.warmup,
                                   "rest_format": args.rest_format, "clients": args.clients,
                                   "cpus": os.cpu_count(), "model_name": args.model_name,
+                                  "server": where,
                                   "grpc": None if server else args.grpc,
                                   "rest": None if server else args.rest},
                        "cells": results, "ratios": figures}, handle, indent=2)
+
+
+class ServerProcess:
+    """`ctpipe serve` on free ports in a child process; `stop()` ends it by its PID."""
+
+    READY = re.compile(r"gRPC (\S+?),? .*REST (http://\S+)")
+
+    def __init__(self, args, seconds: float = 120.0):
+        argv = [sys.executable, "-m", "ctpipe.pipeline.commands.main", "serve",
+                "--model-base-path", os.path.abspath(args.model_base_path),
+                "--model-name", args.model_name, "--port", "0", "--rest-api-port", "0"]
+        if args.enable_batching:
+            argv.append("--enable-batching")
+            if args.batching_parameters_file:
+                argv += ["--batching-parameters-file", args.batching_parameters_file]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True)
+        self.grpc_address = self.rest_url = ""
+        seen: List[str] = []
+        for line in self.process.stderr:  # the server's "serving ...: gRPC .., REST .." line
+            seen.append(line.strip())
+            found = self.READY.search(line) if line.startswith("serving ") else None
+            if found:
+                self.grpc_address, self.rest_url = found.group(1), found.group(2)
+                break
+        if not self.grpc_address:
+            self.stop()
+            sys.exit("the server process did not start: " + (seen[-1] if seen else "no output"))
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not _wait_rest_available(self.rest_url, args.model_name, seconds):
+            self.stop()
+            sys.exit(f"the server did not make a version AVAILABLE within {seconds:.0f} s")
+
+    def _drain(self) -> None:
+        for _ in self.process.stderr:
+            pass
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _wait_rest_available(rest_url: str, model_name: str, seconds: float) -> bool:
+    """GET /v1/models/<name> until a version is AVAILABLE."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{rest_url}/v1/models/{model_name}", timeout=5) as reply:
+                states = [v.get("state") for v in json.load(reply).get("model_version_status", [])]
+            if "AVAILABLE" in states:
+                return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def _wait_available(server, model_name: str, seconds: float = 120.0) -> bool:
