@@ -212,3 +212,68 @@ def test_schema_file_travels_in_custom_config():
     config = proto_utils.proto_to_json(schema_custom_config("/contracts/schema.pbtxt"))
     assert contract_file({"custom_config": config}) == "/contracts/schema.pbtxt"
     assert contract_file({}) == ""
+
+
+def _executor_records(input_base, out, in_process, monkeypatch):
+    """{split: sorted records} the executor's Do writes for span-1 (train:eval 2:1), on its
+    in-process path or on Beam's (the base Do: our transform plus TFX's WriteSplit). Records
+    are compared re-serialized deterministically: tfx_bsl's encoder orders a record's features
+    differently from one encoder instance to the next (two Beam runs differ byte-wise)."""
+    import tensorflow as tf
+    from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+    from tfx.proto import example_gen_pb2
+    from tfx.types import artifact_utils, standard_artifacts
+    from tfx.utils import proto_utils
+
+    from ctpipe.components.csv_ingest import SpreadsheetCsvExecutor
+
+    output = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=2),
+        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1)]))
+    properties = {
+        "input_base": str(input_base),
+        "input_config": proto_utils.proto_to_json(example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="single_split", pattern="span-1/*")])),
+        "output_config": proto_utils.proto_to_json(output),
+        "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE}
+    examples = standard_artifacts.Examples()
+    examples.uri = str(out)
+    executor = SpreadsheetCsvExecutor()
+    with monkeypatch.context() as patch:
+        if in_process:
+            patch.setattr(SpreadsheetCsvExecutor, "_make_beam_pipeline",
+                          lambda self: pytest.fail("the in-process path started Beam"))
+            executor.Do({}, {"examples": [examples]}, properties)
+        else:
+            BaseExampleGenExecutor.Do(executor, {}, {"examples": [examples]}, properties)
+    names = artifact_utils.decode_split_names(examples.split_names)
+    canonical = lambda record: tf.train.Example.FromString(record).SerializeToString(  # noqa: E731
+        deterministic=True)
+    return {name: sorted(canonical(r.numpy()) for r in tf.data.TFRecordDataset(
+        tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri([examples], name), "*")),
+        compression_type="GZIP")) for name in names}, examples
+
+
+def test_in_process_executor_writes_the_records_beam_writes(tmp_path, monkeypatch):
+    """On the DirectRunner the executor converts and writes without Beam: the same split
+    names, the same records in each split (as multisets) and the same artifact properties as
+    the Beam path's WriteSplit, including an empty column and an empty split file."""
+    lines = _sample_lines(3, 150, where=lambda tract: tract == "") + \
+        _sample_lines(1, 150, where=lambda tract: tract != "")
+    _write_span(tmp_path / "data", 1, lines)
+    beam_splits, beam_artifact = _executor_records(tmp_path / "data", tmp_path / "beam", False,
+                                                   monkeypatch)
+    ours, our_artifact = _executor_records(tmp_path / "data", tmp_path / "ours", True,
+                                           monkeypatch)
+    assert list(ours) == list(beam_splits) == ["train", "eval"]
+    assert sum(len(r) for r in ours.values()) == len(lines)
+    for name in ours:
+        assert ours[name] == beam_splits[name], name
+    assert our_artifact.get_string_custom_property("payload_format") == \
+        beam_artifact.get_string_custom_property("payload_format") == "FORMAT_TF_EXAMPLE"
+
+    (tmp_path / "one" / "span-1").mkdir(parents=True)  # one row: a split gets no record
+    (tmp_path / "one" / "span-1" / "data.csv").write_text(
+        ",".join(F.CSV_COLUMNS) + "\n" + lines[0])
+    ours, _ = _executor_records(tmp_path / "one", tmp_path / "one-ours", True, monkeypatch)
+    assert sorted(len(r) for r in ours.values()) == [0, 1]
