@@ -156,3 +156,24 @@ def test_training_batches_mix_spans_whatever_the_shuffle_buffer(tmp_path, monkey
     monkeypatch.setattr(trainer, "SHUFFLE_BUFFER", 1)
     features, _ = next(iter(trainer.make_dataset(files, 10, shuffle=True)))
     assert set(features["payment_type"].numpy().tolist()) == {b"Cash", b"Mobile"}
+
+
+def test_export_holds_the_signatures_without_keras_layer_traces(tmp_path):
+    """The export serves by signature and answers as the trained model does, without the
+    per-layer call traces Keras adds for reviving it (they doubled save and load time)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model = trainer.build_model(trainer.learn_preprocessing(_columns(["Cash", "Card"])),
+                                trainer.DEFAULT_HPARAMS)
+    rows = [_example(fare=12.5, trip_miles=2.0, payment_type="Cash", company="A"),
+            _example(fare=3.0, payment_type="Card")]
+    trainer.export_serving_model(model, str(tmp_path / "1"), rows)
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tmp_path / "1" / "saved_model.pb").read_bytes())
+    functions = [f.signature.name for f in saved.meta_graphs[0].graph_def.library.function]
+    assert functions and not [name for name in functions if "call_and_return" in name]
+    loaded = tf.saved_model.load(str(tmp_path / "1"))
+    assert set(loaded.signatures) == {"serving_default", "serving_raw", "classification"}
+    served = loaded.signatures["serving_default"](examples=tf.constant(rows))["probabilities"]
+    expected = model(trainer.dense_features_from_examples(tf.constant(rows)))
+    np.testing.assert_allclose(served.numpy(), expected.numpy(), rtol=1e-6)
