@@ -70,6 +70,8 @@ class PipelineConfig:
     min_steps: int = 200
     max_steps: int = 20_000
     batch_size: int = 64
+    # Batches grow past batch_size so an epoch takes at most this many steps (0: never grow).
+    max_steps_per_epoch: int = 1000
     learning_rate: float = 3e-3
     warm_start: bool = True
     seed: int = 7
@@ -146,7 +148,7 @@ class PipelineConfig:
 
     def trainer_hparams(self) -> Dict[str, Any]:
         return {"epochs": self.epochs, "warm_start_epochs": self.warm_start_epochs,
-                "batch_size": self.batch_size,
+                "batch_size": self.batch_size, "max_steps_per_epoch": self.max_steps_per_epoch,
                 "min_steps": self.min_steps, "max_steps": self.max_steps,
                 "learning_rate": self.learning_rate, "warm_start": self.warm_start,
                 "seed": self.seed}
@@ -161,6 +163,9 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.min_auc <= 1.0:
             raise ConfigError(f"min_auc must be within [0, 1], got {self.min_auc}")
+        if self.max_steps_per_epoch < 0:
+            raise ConfigError("max_steps_per_epoch must be >= 0 (0 = batches never grow), got "
+                              f"{self.max_steps_per_epoch}")
         if self.watch_restart_cycles < 0:
             raise ConfigError("watch_restart_cycles must be >= 0 (0 = never), got "
                               f"{self.watch_restart_cycles}")

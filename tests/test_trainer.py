@@ -69,12 +69,24 @@ def test_model_shapes_do_not_depend_on_vocabulary_size():
 
 def test_training_steps_grow_with_the_window_and_fewer_from_a_warm_start():
     hparams = dict(trainer.DEFAULT_HPARAMS, epochs=6, warm_start_epochs=2, batch_size=64,
-                   min_steps=250, max_steps=20_000)
+                   min_steps=250, max_steps=20_000, max_steps_per_epoch=0)  # batches never grow
     assert trainer.training_steps(600, hparams) == 250
     assert trainer.training_steps(4000, hparams) == 375
     assert trainer.training_steps(100_000, hparams) == 9375  # no longer capped at 32k examples
     assert trainer.training_steps(100_000, hparams, warm_start=True) == 3125
     assert trainer.training_steps(10_000_000, hparams) == 20_000
+
+
+def test_large_windows_train_in_larger_batches_with_the_same_epochs():
+    hparams = dict(trainer.DEFAULT_HPARAMS, epochs=6, warm_start_epochs=2, batch_size=64,
+                   min_steps=200, max_steps=20_000, max_steps_per_epoch=1000)
+    assert trainer.training_batch_size(13_000, hparams) == 64  # the sample's windows: as before
+    assert trainer.training_batch_size(64_000, hparams) == 64
+    assert trainer.training_batch_size(64_001, hparams) == 65
+    assert trainer.training_batch_size(159_157, hparams) == 160
+    assert trainer.training_steps(159_157, hparams, warm_start=True) == 1990  # 2 epochs x 995
+    assert trainer.training_steps(159_157, hparams) == 5969
+    assert trainer.training_steps(13_000, hparams) == 1219  # ceil(78,000 / 64)
 
 
 def test_autograph_does_not_rewrite_tf_keras():
