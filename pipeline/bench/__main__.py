@@ -41,8 +41,9 @@ def machine() -> Dict[str, Any]:
 
 
 # Serving runs: (result key, title, TF Serving batching parameters file text or None for no
-# batching). The tuned file is what TF Serving's batching guide has a CPU user tune first, the
-# batch threads: with the clients on the same 2 CPUs one batch thread beats two.
+# batching). TF Serving's defaults give a batch thread per CPU; the tuned file sets one, which
+# measured best here, where the clients share the server's 2 CPUs (TF Serving's batching guide:
+# "The best value to use is of course a function of your workload and system").
 SERVING_MODES = (
     ("serving", "Serving", None),
     ("serving_batching", "Serving, server-side batching on (TF Serving's default parameters)",
