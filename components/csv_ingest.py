@@ -487,6 +487,17 @@ def resolve_span(exec_properties: Dict[str, Any], examples) -> None:
                                   output_artifact=examples.mlmd_artifact)
 
 
+def _split_configs(exec_properties: Dict[str, Any]
+                   ) -> Tuple[example_gen_pb2.Input, example_gen_pb2.Output]:
+    """ExampleGen's input and output configs, from their JSON execution properties."""
+    input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                              input_config)
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
+                              output_config)
+    return input_config, output_config
+
+
 class SpreadsheetCsvExecutor(BaseExampleGenExecutor):
     """ExampleGen executor for CSV with an optional byte-order mark and CRLF line endings,
     columns typed by the curated schema, rows split by raw_row_key()."""
@@ -499,11 +510,7 @@ class SpreadsheetCsvExecutor(BaseExampleGenExecutor):
         tf.Example (a partition_feature_name, or input splits, go to the base unchanged)."""
         from tfx.components.example_gen import utils
 
-        input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
-                                  input_config)
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
-                                  output_config)
+        input_config, output_config = _split_configs(exec_properties)
         split_config = output_config.split_config
         if not split_config.splits or split_config.HasField("partition_feature_name"):
             return super().GenerateExamplesByBeam(pipeline, exec_properties)
@@ -532,11 +539,7 @@ class SpreadsheetCsvExecutor(BaseExampleGenExecutor):
 
         from ctpipe.components.fast_evaluator import runs_in_process
 
-        input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
-                                  input_config)
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
-                                  output_config)
+        input_config, output_config = _split_configs(exec_properties)
         split_config = output_config.split_config
         payload = exec_properties.get(standard_component_specs.OUTPUT_DATA_FORMAT_KEY)
         file_format = exec_properties.get(standard_component_specs.OUTPUT_FILE_FORMAT_KEY)

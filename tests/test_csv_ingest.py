@@ -149,23 +149,28 @@ def test_row_key_ignores_how_a_row_was_encoded():
     assert row_key(typed) != row_key(inferred)
 
 
-def _split_timestamps(input_base):
-    """{split: trip_start_timestamps} as the executor's hash_buckets splits (2:1) write them."""
-    import apache_beam as beam
-    import tensorflow as tf
+def _span_one_properties(input_base):
+    """ExampleGen's execution properties for span-1 split train:eval 2:1 by hash buckets."""
     from tfx.proto import example_gen_pb2
     from tfx.utils import proto_utils
-
-    from ctpipe.components.csv_ingest import SpreadsheetCsvExecutor
 
     output = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
         example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=2),
         example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1)]))
-    properties = {
-        "input_base": str(input_base),
-        "input_config": proto_utils.proto_to_json(example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="single_split", pattern="span-1/*")])),
-        "output_config": proto_utils.proto_to_json(output)}
+    return {"input_base": str(input_base),
+            "input_config": proto_utils.proto_to_json(example_gen_pb2.Input(splits=[
+                example_gen_pb2.Input.Split(name="single_split", pattern="span-1/*")])),
+            "output_config": proto_utils.proto_to_json(output)}
+
+
+def _split_timestamps(input_base):
+    """{split: trip_start_timestamps} as the executor's hash_buckets splits (2:1) write them."""
+    import apache_beam as beam
+    import tensorflow as tf
+
+    from ctpipe.components.csv_ingest import SpreadsheetCsvExecutor
+
+    properties = _span_one_properties(input_base)
     out = input_base / "splits"
     with beam.Pipeline() as pipeline:
         splits = SpreadsheetCsvExecutor().GenerateExamplesByBeam(pipeline, properties)
@@ -223,19 +228,11 @@ def _executor_records(input_base, out, in_process, monkeypatch):
     from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
     from tfx.proto import example_gen_pb2
     from tfx.types import artifact_utils, standard_artifacts
-    from tfx.utils import proto_utils
 
     from ctpipe.components.csv_ingest import SpreadsheetCsvExecutor
 
-    output = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=2),
-        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1)]))
-    properties = {
-        "input_base": str(input_base),
-        "input_config": proto_utils.proto_to_json(example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="single_split", pattern="span-1/*")])),
-        "output_config": proto_utils.proto_to_json(output),
-        "output_data_format": example_gen_pb2.FORMAT_TF_EXAMPLE}
+    properties = dict(_span_one_properties(input_base),
+                      output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE)
     examples = standard_artifacts.Examples()
     examples.uri = str(out)
     executor = SpreadsheetCsvExecutor()
