@@ -237,3 +237,65 @@ def test_retention_protects_stable_and_its_training_data_not_only_the_newest(tmp
     assert uris[3] in keep
     assert uris[2] not in keep  # labelled by nothing
     assert "/ex/1" in keep and "/st/1" in keep  # stable's training window (skew needs it)
+
+
+def test_retention_keeps_the_span_files_a_retained_window_links_to(tmp_path):
+    """A training window of a run retention keeps (the last keep_cycles) links to its spans'
+    ExampleGen files; when its oldest span is older than the next cycle's window, those files
+    must stay too, or a LIVE artifact is left pointing at nothing (found by `make bench
+    --first-spans 10`: its leak check could not read a kept window)."""
+    import dataclasses
+
+    from ctpipe.components.ledger import Ledger
+    from ctpipe.pipeline.home import cycles, ledger_store
+    from ctpipe.pipeline.run.retention import apply_retention
+
+    from tests.support import FakeHome
+
+    home = FakeHome(tmp_path / "home")
+    store = home.store
+    config = dataclasses.replace(home.config, keep_cycles=4, window_spans=3, window_min_rows=0)
+    root = home.paths.pipeline_root
+    examples_type = store.put_artifact_type(pb.ArtifactType(name="Examples"))
+    run_type = store.put_context_type(pb.ContextType(name="pipeline_run"))
+    [pipeline] = store.put_contexts([pb.Context(
+        type_id=store.put_context_type(pb.ContextType(name="pipeline")),
+        name=config.pipeline_name)])
+    gate = store.put_execution_type(pb.ExecutionType(name="DataGate"))
+    ledger = Ledger()
+    for span in range(1, 9):
+        examples = os.path.join(root, "CsvExampleGen", "examples", str(span))
+        os.makedirs(os.path.join(examples, "Split-train"))
+        open(os.path.join(examples, "Split-train", "data.gz"), "wb").write(b"rows")
+        ledger = ledger.accept({"span": span, "examples_uri": examples, "rows": 5000})
+        window = os.path.join(root, "DataGate", "training_examples", str(span))
+        os.makedirs(os.path.join(window, "Split-train"))
+        spans = [s for s in (span - 2, span - 1, span) if s >= 1]
+        open(os.path.join(window, "window.json"), "w").write(json.dumps({"spans": spans}))
+        for s in spans:
+            os.symlink(os.path.join(root, "CsvExampleGen", "examples", str(s), "Split-train",
+                                    "data.gz"),
+                       os.path.join(window, "Split-train", f"span-{s}-data.gz"))
+        [run] = store.put_contexts([pb.Context(type_id=run_type, name=f"run-{span}")])
+        store.put_parent_contexts([pb.ParentContext(child_id=run, parent_id=pipeline)])
+        ids = store.put_artifacts([pb.Artifact(type_id=examples_type, uri=uri,
+                                               state=pb.Artifact.LIVE)
+                                   for uri in (examples, window)])
+        [execution] = store.put_executions([pb.Execution(type_id=gate)])
+        store.put_attributions_and_associations(
+            [pb.Attribution(artifact_id=i, context_id=run) for i in ids],
+            [pb.Association(execution_id=execution, context_id=run)])
+        store.put_events([pb.Event(artifact_id=i, execution_id=execution,
+                                   type=pb.Event.OUTPUT) for i in ids])
+    action = cycles.record_action(store, config.pipeline_name, "test", None, "test")
+    ledger_store.publish_ledger(store, config.pipeline_name, root, ledger, action.id)
+
+    removed = apply_retention(store, config)
+    assert removed  # spans 1-3 and the old windows go
+    live = [a for a in store.get_artifacts_by_type("Examples") if a.state == pb.Artifact.LIVE]
+    dangling = [os.path.join(folder, name) for artifact in live
+                for folder, _, names in os.walk(artifact.uri) for name in names
+                if not os.path.exists(os.path.join(folder, name))]
+    assert live and not dangling
+    assert os.path.isdir(os.path.join(root, "CsvExampleGen", "examples", "4"))  # a kept window's
+    assert not os.path.exists(os.path.join(root, "CsvExampleGen", "examples", "2"))

@@ -7,6 +7,9 @@ DELETED so no resolver hands them out again. Never removed, whatever their age:
     drift baseline and long reference, label-check reference: the last `window_spans + 1`
     accepted spans, extended like the window to `window_min_rows`) and of quarantined spans
     (a release turns them back into training data);
+  - the examples and statistics of every span a retained training window names (a DataGate
+    window of the last `keep_cycles` runs links to its spans' ExampleGen files: removing them
+    would leave that LIVE artifact pointing at nothing);
   - every live model - the versions the release manifest labels (stable, canary, previous,
     control) - with its warm-start parent and the examples and statistics of its training
     window (skew and lineage of a labelled version need them), plus the newest blessed model
@@ -24,7 +27,7 @@ from typing import Iterable, List, Set
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from ctpipe.components.layout import LINEAGE_FILE
+from ctpipe.components.layout import LINEAGE_FILE, WINDOW_FILE
 from ctpipe.pipeline.config import PipelineConfig
 from ctpipe.pipeline.home import Home
 from ctpipe.pipeline.home.outcomes import pipeline_runs
@@ -61,7 +64,10 @@ def _warm_start_parent(model_uri: str) -> str:
         return json.load(handle).get("warm_start_uri") or ""
 
 
-def protected_uris(store, config: PipelineConfig) -> Set[str]:
+def protected_uris(store, config: PipelineConfig,
+                   retained_windows: Iterable[str] = ()) -> Set[str]:
+    """What retention never removes (module docstring); `retained_windows`: the URIs of the
+    training windows (DataGate outputs) that stay, whose spans' files they link to."""
     from ctpipe.pipeline.home.ledger_store import latest_ledger
 
     ledger, _ = latest_ledger(store, config.pipeline_name)
@@ -71,6 +77,10 @@ def protected_uris(store, config: PipelineConfig) -> Set[str]:
     for entry in needed + ledger.quarantined:
         keep.update(entry.get(key) for key in ("examples_uri", "statistics_uri"))
     spans = {entry["span"]: entry for entry in ledger.accepted + ledger.quarantined}
+    for uri in retained_windows:
+        for span in _window_spans(uri):
+            keep.update(spans.get(span, {}).get(key) for key in ("examples_uri",
+                                                                  "statistics_uri"))
     for model in live_models(store, config) + [newest_blessed_model(store)]:
         if model is None:
             continue
@@ -99,6 +109,17 @@ def _training_spans(model_uri: str) -> List[int]:
         return []
     with open(path) as handle:
         return list(json.load(handle).get("training_spans", []))
+
+
+def _window_spans(examples_uri: str) -> List[int]:
+    """The spans a DataGate training window holds (its window.json); [] for other artifacts."""
+    import json
+
+    path = os.path.join(examples_uri, WINDOW_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return list(json.load(handle).get("spans", []))
 
 
 def _output_artifacts(store, run_ids: Iterable[int]) -> List[mlmd_pb2.Artifact]:
@@ -162,7 +183,9 @@ def apply_retention(store, config: PipelineConfig) -> List[str]:
             type_names[store.get_artifact_type(name).id] = name
         except Exception:  # noqa: BLE001 - type not registered yet
             continue
-    keep = protected_uris(store, config)
+    retained = _output_artifacts(store, [run.id for run in runs[-config.keep_cycles:]])
+    keep = protected_uris(store, config, [a.uri for a in retained
+                                          if a.state != mlmd_pb2.Artifact.DELETED])
     removed, changed = [], []
     root = Home.of(config).pipeline_root
     for artifact in _output_artifacts(store, [run.id for run in old]):
