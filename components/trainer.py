@@ -309,12 +309,13 @@ def build_model(state: Dict[str, Any], hparams: Dict[str, Any]) -> tf_keras.Mode
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: the whole window streamed from its files, interleaved across spans and shuffled.
+# Data: the whole window, parsed once into memory when small, else streamed from its files,
+# interleaved across spans and shuffled.
 
-# Below this much compressed input the parsed-once records stay in memory between epochs (a
-# small window then costs one decompression per cycle); larger windows stream from disk every
-# epoch so memory stays bounded whatever the window holds.
-CACHE_MAX_BYTES = 64 * 1024 * 1024
+# Up to this much compressed input a window is parsed once and kept in memory as dense columns
+# (_in_memory_training_dataset); larger windows stream from disk every epoch so memory stays
+# bounded whatever the window holds.
+IN_MEMORY_MAX_BYTES = 64 * 1024 * 1024
 SHUFFLE_BUFFER = 50_000
 
 
@@ -333,19 +334,18 @@ def make_dataset(patterns: Iterable[str], batch_size: int, shuffle: bool,
                  seed: int = 7) -> tf.data.Dataset:
     """Batches of (dense raw features, label).
 
-    Training reads every file of the window at once (one reader per span file, records taken
-    in turn), so each batch mixes spans instead of walking them one after another, then
-    shuffles within a buffer and repeats. Parsing is vectorised per batch."""
+    Training on a window up to IN_MEMORY_MAX_BYTES: _in_memory_training_dataset. A larger
+    window streams: every file of the window is read at once (one reader per span file,
+    records taken in turn), so each batch mixes spans instead of walking them one after
+    another, then shuffled within a buffer and repeated. Parsing is vectorised per batch."""
     files = _files(patterns)
-    if shuffle and _total_bytes(files) <= CACHE_MAX_BYTES:
+    if shuffle and _total_bytes(files) <= IN_MEMORY_MAX_BYTES:
         return _in_memory_training_dataset(files, batch_size, seed)
     if shuffle:
         dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
         dataset = dataset.interleave(
             lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
             cycle_length=len(files), block_length=1, deterministic=True)
-        if _total_bytes(files) <= CACHE_MAX_BYTES:
-            dataset = dataset.cache()
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed,
                                   reshuffle_each_iteration=True).repeat()
     else:

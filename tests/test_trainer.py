@@ -166,8 +166,10 @@ def test_training_batches_mix_spans_whatever_the_shuffle_buffer(tmp_path, monkey
         _write_examples(path, [{"payment_type": payment, "fare": 1.0}] * 50)
         files.append(path)
     monkeypatch.setattr(trainer, "SHUFFLE_BUFFER", 1)
-    features, _ = next(iter(trainer.make_dataset(files, 10, shuffle=True)))
-    assert set(features["payment_type"].numpy().tolist()) == {b"Cash", b"Mobile"}
+    for in_memory_max_bytes in (trainer.IN_MEMORY_MAX_BYTES, 0):  # parsed once; streamed
+        monkeypatch.setattr(trainer, "IN_MEMORY_MAX_BYTES", in_memory_max_bytes)
+        features, _ = next(iter(trainer.make_dataset(files, 10, shuffle=True)))
+        assert set(features["payment_type"].numpy().tolist()) == {b"Cash", b"Mobile"}
 
 
 def test_export_holds_the_signatures_without_keras_layer_traces(tmp_path):
