@@ -54,20 +54,11 @@ def newest_blessed_model(store) -> "mlmd_pb2.Artifact | None":
     return None
 
 
-def _warm_start_parent(model_uri: str) -> str:
-    import json
-
-    path = os.path.join(model_uri, LINEAGE_FILE)
-    if not os.path.exists(path):
-        return ""
-    with open(path) as handle:
-        return json.load(handle).get("warm_start_uri") or ""
-
-
 def protected_uris(store, config: PipelineConfig,
                    retained_windows: Iterable[str] = ()) -> Set[str]:
     """What retention never removes (module docstring); `retained_windows`: the URIs of the
     training windows (DataGate outputs) that stay, whose spans' files they link to."""
+    from ctpipe.components.data_gate import read_json
     from ctpipe.pipeline.home.ledger_store import latest_ledger
 
     ledger, _ = latest_ledger(store, config.pipeline_name)
@@ -76,19 +67,18 @@ def protected_uris(store, config: PipelineConfig,
     needed = ledger.window(newest, config.window_spans + 1, config.window_min_rows)
     for entry in needed + ledger.quarantined:
         keep.update(entry.get(key) for key in ("examples_uri", "statistics_uri"))
-    spans = {entry["span"]: entry for entry in ledger.accepted + ledger.quarantined}
+    linked: Set[int] = set()  # spans whose files a kept window or live model needs
     for uri in retained_windows:
-        for span in _window_spans(uri):
-            keep.update(spans.get(span, {}).get(key) for key in ("examples_uri",
-                                                                  "statistics_uri"))
+        linked.update((read_json(os.path.join(uri, WINDOW_FILE)) or {}).get("spans", []))
     for model in live_models(store, config) + [newest_blessed_model(store)]:
         if model is None:
             continue
-        keep.add(model.uri)
-        keep.add(_warm_start_parent(model.uri))
-        for span in _training_spans(model.uri):
-            keep.update(spans.get(span, {}).get(key) for key in ("examples_uri",
-                                                                  "statistics_uri"))
+        lineage = read_json(os.path.join(model.uri, LINEAGE_FILE)) or {}
+        keep.update((model.uri, lineage.get("warm_start_uri")))
+        linked.update(lineage.get("training_spans", []))
+    spans = {entry["span"]: entry for entry in ledger.accepted + ledger.quarantined}
+    for span in linked:
+        keep.update(spans.get(span, {}).get(key) for key in ("examples_uri", "statistics_uri"))
     return {uri for uri in keep if uri}
 
 
@@ -99,27 +89,6 @@ def live_models(store, config: PipelineConfig) -> List[mlmd_pb2.Artifact]:
 
     labels = release_state(config).labels
     return list(models_by_version(store, set(labels.values())).values())
-
-
-def _training_spans(model_uri: str) -> List[int]:
-    import json
-
-    path = os.path.join(model_uri, LINEAGE_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        return list(json.load(handle).get("training_spans", []))
-
-
-def _window_spans(examples_uri: str) -> List[int]:
-    """The spans a DataGate training window holds (its window.json); [] for other artifacts."""
-    import json
-
-    path = os.path.join(examples_uri, WINDOW_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        return list(json.load(handle).get("spans", []))
 
 
 def _output_artifacts(store, run_ids: Iterable[int]) -> List[mlmd_pb2.Artifact]:
