@@ -357,7 +357,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     setup = Setup(args)
     server, where = None, "given"
     if not (args.grpc and args.rest) and not args.in_process_server:
-        server, where = ServerProcess(args), "own process"
+        server, where = ServerProcess(args, setup.servable.version), "own process"
         args.grpc, args.rest = server.grpc_address, server.rest_url
     elif not (args.grpc and args.rest):
         where = "in-process"
@@ -414,7 +414,7 @@ class ServerProcess:
 
     READY = re.compile(r"gRPC (\S+?),? .*REST (http://\S+)")
 
-    def __init__(self, args, seconds: float = 120.0):
+    def __init__(self, args, version: int, seconds: float = 120.0):
         argv = [sys.executable, "-m", "ctpipe.pipeline.commands.main", "serve",
                 "--model-base-path", os.path.abspath(args.model_base_path),
                 "--model-name", args.model_name, "--port", "0", "--rest-api-port", "0"]
@@ -437,9 +437,13 @@ class ServerProcess:
             self.stop()
             sys.exit("the server process did not start: " + (seen[-1] if seen else "no output"))
         threading.Thread(target=self._drain, daemon=True).start()
-        if not _wait_rest_available(self.rest_url, args.model_name, seconds):
+        from ctpipe.components.release import ReleaseError, rest_waiter
+
+        try:
+            rest_waiter(self.rest_url, seconds)(args.model_name, version)
+        except ReleaseError as error:
             self.stop()
-            sys.exit(f"the server did not make a version AVAILABLE within {seconds:.0f} s")
+            sys.exit(f"the server process never served: {error}")
 
     def _drain(self) -> None:
         for _ in self.process.stderr:
@@ -453,23 +457,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def _wait_rest_available(rest_url: str, model_name: str, seconds: float) -> bool:
-    """GET /v1/models/<name> until a version is AVAILABLE."""
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{rest_url}/v1/models/{model_name}", timeout=5) as reply:
-                states = [v.get("state") for v in json.load(reply).get("model_version_status", [])]
-            if "AVAILABLE" in states:
-                return True
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    return False
 
 
 def _wait_available(server, model_name: str, seconds: float = 120.0) -> bool:
