@@ -19,6 +19,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
+from ctpipe.pipeline.bench.targets import SERVING_MODES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -40,31 +42,19 @@ def machine() -> Dict[str, Any]:
             "python": platform.python_version(), "system": platform.platform()}
 
 
-# Serving runs: (result key, title, TF Serving batching parameters file text or None for no
-# batching). TF Serving's defaults give a batch thread per CPU; the tuned file sets one, which
-# measured best here, where the clients share the server's 2 CPUs (TF Serving's batching guide:
-# "The best value to use is of course a function of your workload and system").
-SERVING_MODES = (
-    ("serving", "Serving", None),
-    ("serving_batching", "Serving, server-side batching on (TF Serving's default parameters)",
-     ""),
-    ("serving_batching_tuned", "Serving, server-side batching on, one batch thread",
-     "num_batch_threads { value: 1 }\n"),
-)
-
-
 def serving_bench(work: str, model_base: str, quick: bool, mode: str = "serving",
                   batching: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """serving/benchmark.py on the model ctpipe just pushed, in its own process; `batching`:
     None, or the server batches (TF Serving's --enable_batching) with this parameters file
     text ("" = TF Serving's defaults)."""
-    out = os.path.join(work, f"{mode.replace('_', '-')}.json")
+    stem = os.path.join(work, mode.replace("_", "-"))
+    out = f"{stem}.json"
     argv = [sys.executable, "-m", "ctpipe.serving.benchmark", "--model-base-path", model_base,
             "--json-out", out] + (["--quick"] if quick else [])
     if batching is not None:
         argv.append("--enable-batching")
         if batching:
-            parameters = os.path.join(work, f"{mode.replace('_', '-')}.batching.txt")
+            parameters = f"{stem}.batching.txt"
             with open(parameters, "w") as handle:
                 handle.write(batching)
             argv += ["--batching-parameters-file", parameters]
@@ -150,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.skip_serving:
         served = os.path.join(work, "ctpipe-steady" if "comparison" in result else
                               f"scale-{scales[0]}x/home", "serving", "big_tipper")
-        for mode, title, batching in SERVING_MODES:
+        for mode, title, _, batching in SERVING_MODES:
             with progress.step(f"{title}: in-process vs gRPC vs REST"):
                 result[mode] = serving_bench(work, served, args.quick, mode, batching)
     result["seconds"] = round(time.monotonic() - started, 1)
@@ -168,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "flink_large" in result:
         print("\n## One large span on Flink\n")
         print(flink_scaling.large_markdown(result["flink_large"]))
-    for mode, title, _ in SERVING_MODES:
+    for mode, title, _, _ in SERVING_MODES:
         if result.get(mode) and result[mode].get("markdown"):
             print(f"\n## {title}\n")
             print(result[mode]["markdown"])
