@@ -108,6 +108,12 @@ def _numeric_array(value, dtype: tf.dtypes.DType) -> np.ndarray:
     return array.astype(dtype.as_numpy_dtype, copy=False)
 
 
+def _not_convertible(alias: str, dtype: tf.dtypes.DType, error: Exception) -> ServingError:
+    """INVALID_ARGUMENT for a request value that does not fit its input's dtype."""
+    return ServingError("INVALID_ARGUMENT",
+                        f"input '{alias}' cannot be converted to {dtype.name}: {error}")
+
+
 def _tensors(arrays: Dict[str, np.ndarray]) -> Dict[str, tf.Tensor]:
     """A batch's merged arrays as the signature's tensors (object arrays hold bytes)."""
     return {alias: tf.constant(array, dtype=tf.string) if array.dtype == object
@@ -305,8 +311,7 @@ class Servable:
                 return _string_tensor(value)
             return tf.constant(_numeric_array(value, dtype))
         except (TypeError, ValueError) as error:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"input '{alias}' cannot be converted to {dtype.name}: {error}")
+            raise _not_convertible(alias, dtype, error)
 
     @staticmethod
     def _to_array(alias: str, value, dtype_enum) -> np.ndarray:
@@ -321,8 +326,7 @@ class Servable:
         try:
             return _numeric_array(value, dtype)
         except (TypeError, ValueError) as error:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"input '{alias}' cannot be converted to {dtype.name}: {error}")
+            raise _not_convertible(alias, dtype, error)
 
     def _call(self, function, tensors: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         try:
