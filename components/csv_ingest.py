@@ -388,16 +388,15 @@ IN_PROCESS_SPLIT_FILE = "data_tfrecord-00000-of-00001.gz"
 
 
 def write_splits_in_process(pattern: str, schema_file: str, buckets: List[int],
-                            split_dirs: List[str]) -> Dict[str, int]:
+                            split_dirs: List[str]) -> None:
     """The Beam path's records, split i written to split_dirs[i]/IN_PROCESS_SPLIT_FILE by
     TensorFlow's GZIP TFRecord writer (every split gets its file, empty or not, as Beam's
-    WriteToTFRecord writes one empty shard). Returns the records written per split dir."""
+    WriteToTFRecord writes one empty shard)."""
     files, columns = input_files(pattern)
     infer = _InferFileColumnTypes(columns)
     inferred = merge_column_types([types for path in files for types in infer.process(path)])
     convert = _FileToSerializedExamples(columns, contract_column_types(schema_file), buckets)
     convert.setup()
-    counts = dict.fromkeys(split_dirs, 0)
     writers = []
     try:
         for directory in split_dirs:
@@ -409,11 +408,9 @@ def write_splits_in_process(pattern: str, schema_file: str, buckets: List[int],
                 write = writers[split].write
                 for record in records:
                     write(record)
-                counts[split_dirs[split]] += len(records)
     finally:
         for writer in writers:
             writer.close()
-    return counts
 
 
 @beam.typehints.with_input_types(beam.Pipeline)
