@@ -639,6 +639,27 @@ def compile_for_training(model: tf_keras.Model, learning_rate: float,
                   steps_per_execution=hparams["steps_per_execution"])
 
 
+def model_for_training(state: Dict[str, Any], hparams: Dict[str, Any],
+                       base_weights: Optional[str]) -> tf_keras.Model:
+    """The model, compiled; from a warm start's weights (and optimizer) when there is one.
+
+    A warm start's checkpoint holds the optimizer it was trained with, and compile() restores
+    it into the new one: Adam's moments and step count, which let training go on where it left
+    off, but also its learning rate - so every warm start trained at the first cold start's
+    rate, whatever `warm_start_learning_rate` said. The optimizer is therefore built at once
+    (restoring its moments, otherwise restored at the first step) and then set to the
+    configured rate."""
+    model = build_model(state, hparams)
+    if not base_weights:
+        compile_for_training(model, hparams["learning_rate"], hparams)
+        return model
+    model.load_weights(base_weights).expect_partial()
+    compile_for_training(model, hparams["warm_start_learning_rate"], hparams)
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.learning_rate = hparams["warm_start_learning_rate"]
+    return model
+
+
 # TFX calls this.
 def run_fn(fn_args) -> None:
     hparams = _hparams(fn_args.custom_config)
@@ -651,12 +672,8 @@ def run_fn(fn_args) -> None:
         logging.info("warm start from %s", base_uri)
     profile = window_profile(fn_args, window)
     state = learn_preprocessing(profile, base_state)
-    model = build_model(state, hparams)
-    if base_weights:
-        model.load_weights(base_weights).expect_partial()
-    learning_rate = hparams["warm_start_learning_rate" if base_weights else "learning_rate"]
+    model = model_for_training(state, hparams, base_weights)
     steps = training_steps(profile.rows, hparams, warm_start=bool(base_weights))
-    compile_for_training(model, learning_rate, hparams)
     batch_size = training_batch_size(profile.rows, hparams)
     train = make_dataset(fn_args.train_files, batch_size, shuffle=True, seed=hparams["seed"])
     validation = make_dataset(fn_args.eval_files, hparams["eval_batch_size"], shuffle=False)

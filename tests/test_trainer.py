@@ -216,3 +216,27 @@ def test_export_holds_the_signatures_without_keras_layer_traces(tmp_path):
     served = loaded.signatures["serving_default"](examples=tf.constant(rows))["probabilities"]
     expected = model(trainer.dense_features_from_examples(tf.constant(rows)))
     np.testing.assert_allclose(served.numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_a_warm_start_trains_at_the_warm_start_learning_rate(tmp_path):
+    """The checkpoint a warm start reads holds the optimizer it was trained with; its learning
+    rate must not override `warm_start_learning_rate` (it did: every warm start trained at the
+    cold start's rate). Its Adam state carries on."""
+    state = trainer.learn_preprocessing(_columns(["Cash", "Card"]))
+    hparams = dict(trainer.DEFAULT_HPARAMS, steps_per_execution=1)
+    features = trainer.dense_features_from_examples(tf.constant(
+        [_example(fare=12.5, payment_type="Cash"), _example(fare=3.0, payment_type="Card")]))
+    labels = tf.constant([1.0, 0.0])
+    previous = trainer.build_model(state, hparams)
+    trainer.compile_for_training(previous, 3e-3, hparams)
+    previous.train_on_batch(features, labels)
+    trainer.save_warm_start(previous, state, str(tmp_path / trainer.WARM_START_DIR))
+
+    _, weights = trainer.load_warm_start(str(tmp_path))
+    model = trainer.model_for_training(state, dict(hparams, warm_start_learning_rate=1e-3),
+                                       weights)
+    for loaded, saved in zip(model.get_weights(), previous.get_weights()):
+        np.testing.assert_array_equal(loaded, saved)
+    model.train_on_batch(features, labels)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+    assert int(model.optimizer.iterations) == 2  # the previous run's step, then this one
