@@ -73,9 +73,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="folder for homes, data and logs (default: new temp)")
     parser.add_argument("--sample", default=None, help="sample spans (default: data/sample)")
-    parser.add_argument("--first-spans", type=int, default=14,
+    parser.add_argument("--first-spans", type=int, default=10,
                         help="spans 1..N present before the first cycle, N+1 arrives for the "
-                        "incremental one, N+2 is held out from both (default 14)")
+                        "incremental one, N+2 is held out from both (default 10: held-out span 12 "
+                        "has 1,083 rows; with 14, span 16 has 201 and its AUC an error of "
+                        "+-0.027)")
     parser.add_argument("--stock-train-steps", type=int, default=200)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--skip-compare", action="store_true",
