@@ -35,7 +35,7 @@ from ctpipe.components.signatures import CLASSIFY_METHOD, WARMUP_FILE
 AUTOGRAPH_FREE_MODULES = ("tf_keras", __name__)
 
 
-def _autograph_leaves_alone(modules: Iterable[str] = AUTOGRAPH_FREE_MODULES) -> None:
+def _autograph_leaves_alone() -> None:
     """TF 2.16's autograph knows `keras` as a library not to convert, but not `tf_keras` (Keras 2
     under its new name), so tracing a tf_keras train step re-writes every Keras internal it
     touches: measured here, 11 of the 12 s of a 250-step fit and half of the export were
@@ -48,7 +48,7 @@ def _autograph_leaves_alone(modules: Iterable[str] = AUTOGRAPH_FREE_MODULES) -> 
     every Trainer run (measured on the export and the first train step)."""
     from tensorflow.python.autograph.core import config
 
-    for module in modules:
+    for module in AUTOGRAPH_FREE_MODULES:
         if not any(isinstance(r, config.DoNotConvert) and r.matches(module)
                    for r in config.CONVERSION_RULES):
             config.CONVERSION_RULES = (config.DoNotConvert(module),) + tuple(
