@@ -633,10 +633,61 @@ def compile_for_training(model: tf_keras.Model, learning_rate: float,
     """The train step computes the loss and nothing else: early stopping and the warm-start
     check read the eval loss, and the model's AUC is the Evaluator's to measure. A training AUC
     metric (200 thresholds updated every step) was read by no one and cost ~0.3 s of a 100x
-    warm start's 4.8 s fit, most of it in tracing the step."""
+    warm start's 4.8 s fit, most of it in tracing the step.
+
+    The optimizer's variables are made here, before any step: a tf.function whose first call
+    creates variables (Adam's moments, made at the first step otherwise) is traced a second
+    time once they exist, so every cold start traced its train step twice more."""
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                   loss="binary_crossentropy",
                   steps_per_execution=hparams["steps_per_execution"])
+    model.optimizer.build(model.trainable_variables)
+    trace_each_step_once(model)
+
+
+# What a loss-only compile's train and test steps return (compile_for_training).
+LOSS_ONLY_LOGS = ("loss",)
+
+
+def _steps_in_one_trace(model: tf_keras.Model, step, counter: tf.Variable):
+    """A tf.function running `step` model._steps_per_execution times (the variable Keras's data
+    handler lowers for an epoch's last, shorter chunk), counting each step in `counter` as
+    Keras does, in a while loop whose body is traced once."""
+    steps = model._steps_per_execution
+
+    def body(done, logs, iterator):
+        del logs
+        logs = step(next(iterator))
+        with tf.control_dependencies(tf.nest.flatten(logs)):
+            counter.assign_add(1)
+        return done + 1, logs
+
+    def run(iterator):
+        start = (tf.constant(0, steps.dtype), {name: tf.constant(0.0) for name in LOSS_ONLY_LOGS})
+        _, logs = tf.while_loop(lambda done, _: done < steps,
+                                lambda done, logs: body(done, logs, iterator), start)
+        return logs
+
+    return tf.function(run, autograph=False, reduce_retracing=True)
+
+
+def trace_each_step_once(model: tf_keras.Model) -> None:
+    """tf_keras runs steps_per_execution steps in `for _ in tf.range(n): outputs = step(...)`;
+    `outputs` is undefined before the loop, so autograph first traces the whole step on its
+    own to learn what the loop carries, then again as the loop body: every fit and every
+    evaluate traced its step twice (0.8 s of a 100x warm start's 7.8 s Trainer, measured on
+    the first fit). The same loop, written with what a loss-only step returns, traces once;
+    its results are Keras's to the bit (tests/test_trainer.py).
+
+    Only for what compile_for_training builds: one device (the default strategy), no XLA, a
+    fixed steps_per_execution above 1; anything else keeps Keras's functions."""
+    spe = getattr(model, "_steps_per_execution", None)
+    if spe is None or int(spe.numpy()) <= 1 or model.jit_compile or \
+            model.autotune_steps_per_execution or tf.distribute.has_strategy() or \
+            getattr(model, "_distribution_strategy", None) is not None:
+        return
+    model.train_function = _steps_in_one_trace(model, model.train_step, model._train_counter)
+    model.test_function = _steps_in_one_trace(model, model.test_step, model._test_counter)
 
 
 def model_for_training(state: Dict[str, Any], hparams: Dict[str, Any],
@@ -646,16 +697,15 @@ def model_for_training(state: Dict[str, Any], hparams: Dict[str, Any],
     A warm start's checkpoint holds the optimizer it was trained with, and compile() restores
     it into the new one: Adam's moments and step count, which let training go on where it left
     off, but also its learning rate - so every warm start trained at the first cold start's
-    rate, whatever `warm_start_learning_rate` said. The optimizer is therefore built at once
-    (restoring its moments, otherwise restored at the first step) and then set to the
-    configured rate."""
+    rate, whatever `warm_start_learning_rate` said. compile_for_training builds the optimizer
+    at once, which restores its moments (otherwise restored at the first step); its rate is
+    then set to the configured one."""
     model = build_model(state, hparams)
     if not base_weights:
         compile_for_training(model, hparams["learning_rate"], hparams)
         return model
     model.load_weights(base_weights).expect_partial()
     compile_for_training(model, hparams["warm_start_learning_rate"], hparams)
-    model.optimizer.build(model.trainable_variables)
     model.optimizer.learning_rate = hparams["warm_start_learning_rate"]
     return model
 

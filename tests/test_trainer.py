@@ -240,3 +240,69 @@ def test_a_warm_start_trains_at_the_warm_start_learning_rate(tmp_path):
     model.train_on_batch(features, labels)
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
     assert int(model.optimizer.iterations) == 2  # the previous run's step, then this one
+
+
+def _tiny_training_data(rows=24, batch=4):
+    """Batches of (raw features, label) from `rows` varied examples, repeated."""
+    payments = ["Cash", "Credit Card", "Mobile"]
+    examples = [_example(fare=2.0 + i, trip_seconds=60 * i, trip_start_hour=i % 24,
+                         payment_type=payments[i % 3], tips=float(i % 2))
+                for i in range(rows)]
+    features = trainer.dense_features_from_examples(tf.constant(examples))
+    labels = tf.constant([float(i % 2) for i in range(rows)])
+    return tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch)
+
+
+def _model_counting_step_traces(hparams):
+    """A compiled model whose train_step / test_step count the times they are traced."""
+    state = trainer.learn_preprocessing(_columns(["Cash", "Credit Card", "Mobile"]))
+    model = trainer.build_model(state, hparams)
+    traces = {"train": 0, "test": 0}
+    for kind in traces:
+        step = getattr(model, f"{kind}_step")
+
+        def counted(data, step=step, kind=kind):
+            traces[kind] += 1  # Python runs only while TF traces the step
+            return step(data)
+        setattr(model, f"{kind}_step", counted)
+    trainer.compile_for_training(model, 3e-3, hparams)
+    return model, traces
+
+
+def test_fit_and_evaluate_trace_each_step_once():
+    """tf_keras's steps_per_execution loop traced the whole step twice (an autograph probe of
+    the loop body, then the body itself) in every fit and evaluate; and a cold start's first
+    step, creating Adam's variables, had its function traced again once they existed."""
+    hparams = dict(trainer.DEFAULT_HPARAMS, steps_per_execution=4)
+    model, traces = _model_counting_step_traces(hparams)
+    data = _tiny_training_data()
+    model.fit(data.repeat(), epochs=2, steps_per_epoch=10, validation_data=data,
+              validation_steps=6, verbose=0)
+    model.evaluate(data, steps=6, verbose=0)
+    assert traces == {"train": 1, "test": 1}
+
+
+def test_the_one_trace_loop_trains_exactly_as_keras_loop(monkeypatch):
+    """Same seed, same batches, an epoch that ends on a shorter chunk (10 steps in chunks of
+    4): the weights, the losses and Keras's step counters come out identical."""
+    hparams = dict(trainer.DEFAULT_HPARAMS, steps_per_execution=4)
+    data = _tiny_training_data()
+
+    def train():
+        import tf_keras
+
+        tf_keras.utils.set_random_seed(11)
+        model, _ = _model_counting_step_traces(hparams)
+        history = model.fit(data.repeat(), epochs=2, steps_per_epoch=10, validation_data=data,
+                            validation_steps=6, verbose=0)
+        return model, history.history
+
+    ours, our_history = train()
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "trace_each_step_once", lambda model: None)
+        keras, keras_history = train()
+    assert our_history == keras_history
+    assert int(ours._train_counter.numpy()) == int(keras._train_counter.numpy()) == 20
+    assert int(ours.optimizer.iterations.numpy()) == 20
+    for mine, theirs in zip(ours.get_weights(), keras.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
