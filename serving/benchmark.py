@@ -24,6 +24,10 @@ Rows (--targets):
   servable Servable.predict on Python lists (the server's input conversion + the call)
   grpc     PredictionService/Predict with a ready PredictRequest; the reply decoded to numpy
   rest     POST :predict with a ready JSON body (row "instances" by default); reply parsed
+  floor    the grpc row's requests to a server process that answers every Predict with an
+           empty PredictResponse, built as ours is (same handler threads and options): what
+           Python gRPC alone costs on this machine, the floor under the grpc row (its client
+           decodes no outputs, so the floor is a little lower than any real reply allows)
 With --clients the grpc/rest rows use ctpipe's GrpcClient/RestClient instead (request encoding
 in the loop, as an application would pay it).
 """
@@ -48,7 +52,7 @@ ROW = {"fare": [12.5], "trip_miles": [2.0], "trip_seconds": [600.0], "pickup_lat
        "dropoff_census_tract": [-1], "payment_type": ["Credit Card"], "company": [""]}
 RAW = "serving_raw"
 EXAMPLES = "serving_default"
-TARGETS = ("inproc", "flat", "servable", "grpc", "rest")
+TARGETS = ("inproc", "flat", "servable", "grpc", "rest", "floor")
 
 
 # -- request payloads ---------------------------------------------------------------------------
@@ -83,6 +87,7 @@ class Setup:
     def __init__(self, args):
         self.args = args
         self.servable = None
+        self.floor_address = ""  # set when a FloorServer runs
         if args.model_base_path:
             from ctpipe.serving.servables import Servable
 
@@ -109,8 +114,9 @@ class Setup:
             return lambda: (lambda: self.servable.predict(signature, inputs))
         if self.args.clients:
             return self._client_caller(target, signature, inputs)
-        if target == "grpc":
-            return self._grpc_caller(signature, inputs)
+        if target in ("grpc", "floor"):
+            return self._grpc_caller(signature, inputs,
+                                     self.args.grpc if target == "grpc" else self.floor_address)
         return self._rest_caller(signature, inputs, batch)
 
     def _client_caller(self, target, signature, inputs):
@@ -123,7 +129,7 @@ class Setup:
             return lambda: client.predict(inputs, signature)
         return make
 
-    def _grpc_caller(self, signature, inputs):
+    def _grpc_caller(self, signature, inputs, address):
         import grpc
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -137,7 +143,7 @@ class Setup:
             request.inputs[alias].CopyFrom(tf.make_tensor_proto(values, dtype=dtypes.get(alias)))
 
         def make():
-            channel = grpc.insecure_channel(self.args.grpc)
+            channel = grpc.insecure_channel(address)
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             return lambda: {k: tf.make_ndarray(v) for k, v in
                             stub.Predict(request, timeout=30).outputs.items()}
@@ -248,7 +254,7 @@ def cells(args, targets: List[str]):
         for batch in batches:
             for concurrency in args.concurrency:
                 for target in targets:
-                    if signature == EXAMPLES and target in ("servable", "flat"):
+                    if signature == EXAMPLES and target in ("servable", "flat", "floor"):
                         continue
                     yield signature, batch, concurrency, target
 
@@ -345,7 +351,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="start the server inside this process (default: `ctpipe serve` "
                              "in its own process)")
     parser.add_argument("--json-out", help="also write the cells and ratios as JSON here")
+    parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_floor:
+        serve_floor()
+        return
     if args.quick:
         args.requests, args.warmup = min(args.requests, 100), min(args.warmup, 3)
     if not args.model_base_path and not (args.grpc and args.rest):
@@ -375,6 +385,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             sys.exit("the server did not make a version AVAILABLE within 120 s")
         args.grpc, args.rest = server.grpc_address, server.rest_url
 
+    if args.clients:
+        targets = [t for t in targets if t != "floor"]
+    floor = FloorServer() if "floor" in targets else None
+    if floor is not None:
+        setup.floor_address = floor.address
     results: List[Dict[str, Any]] = []
     planned = list(cells(args, targets))
     try:
@@ -391,6 +406,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     finally:
         if server:
             server.stop()
+        if floor is not None:
+            floor.stop()
 
     figures = ratios(results, args)
     print(table(results))
@@ -457,6 +474,59 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def serve_floor() -> None:
+    """The floor server (--serve-floor): Predict answers an empty PredictResponse at once. Its
+    gRPC server is set up as serving/grpc_service.start_grpc sets ours up; prints "floor PORT"
+    once listening, runs until terminated."""
+    from concurrent import futures
+
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from ctpipe.serving.grpc_service import DEFAULT_GRPC_WORKERS, DEFAULT_RPCS_PER_WORKER
+    from ctpipe.serving.server import DEFAULT_MAX_REQUEST_BYTES
+
+    class EmptyAnswers(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802
+            return predict_pb2.PredictResponse()
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=DEFAULT_GRPC_WORKERS, thread_name_prefix="grpc"),
+        options=[("grpc.max_receive_message_length", DEFAULT_MAX_REQUEST_BYTES),
+                 ("grpc.max_send_message_length", DEFAULT_MAX_REQUEST_BYTES)],
+        maximum_concurrent_rpcs=DEFAULT_RPCS_PER_WORKER * DEFAULT_GRPC_WORKERS)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(EmptyAnswers(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"floor {port}", flush=True)
+    server.wait_for_termination()
+
+
+class FloorServer:
+    """serve_floor() in a child process; `stop()` ends it by its PID."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ctpipe.serving.benchmark", "--serve-floor"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True)
+        line = self.process.stdout.readline()
+        if not line.startswith("floor "):
+            self.stop()
+            sys.exit("the gRPC floor server did not start")
+        self.address = f"127.0.0.1:{int(line.split()[1])}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
 
 
 def _wait_available(server, model_name: str, seconds: float = 120.0) -> bool:

@@ -1,0 +1,36 @@
+"""serving/benchmark.py's gRPC floor: a server that answers at once, measured as ours is."""
+import socket
+import types
+
+import pytest
+
+grpc = pytest.importorskip("grpc")
+pytest.importorskip("tensorflow_serving")
+
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from ctpipe.serving import benchmark  # noqa: E402
+
+
+def test_the_floor_server_answers_every_predict_empty_and_stops_by_its_pid():
+    floor = benchmark.FloorServer()
+    try:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "no_such_model"  # no model behind it: nothing is checked
+        request.inputs["x"].float_val.append(1.0)
+        with grpc.insecure_channel(floor.address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            assert stub.Predict(request, timeout=30) == predict_pb2.PredictResponse()
+    finally:
+        floor.stop()
+    assert floor.process.returncode is not None
+    host, port = floor.address.split(":")
+    with socket.socket() as probe:
+        assert probe.connect_ex((host, int(port))) != 0  # nothing listens any more
+
+
+def test_the_floor_is_measured_on_the_raw_signature_only():
+    args = types.SimpleNamespace(batches=[1, 32], example_batches=[32], concurrency=[8])
+    floors = [(signature, batch) for signature, batch, _, target in
+              benchmark.cells(args, ["grpc", "floor"]) if target == "floor"]
+    assert floors == [(benchmark.RAW, 1), (benchmark.RAW, 32)]
