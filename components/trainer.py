@@ -681,15 +681,24 @@ def trace_each_step_once(model: tf_keras.Model) -> None:
     the first fit). The same loop, written with what a loss-only step returns, traces once;
     its results are Keras's to the bit (tests/test_trainer.py).
 
-    Only for what compile_for_training builds: one device (the default strategy), no XLA, a
-    fixed steps_per_execution above 1; anything else keeps Keras's functions."""
+    Only for what compile_for_training builds: a loss and no metrics, one device (the default
+    strategy), graph mode, no XLA, a fixed steps_per_execution above 1; anything else keeps
+    Keras's functions. Like Keras's (tf_keras and this module are autograph-free), the loop
+    runs the step's Python as written: a layer with Python control flow on tensor values would
+    need autograph."""
     spe = getattr(model, "_steps_per_execution", None)
-    if spe is None or int(spe.numpy()) <= 1 or model.jit_compile or \
+    metrics = getattr(model, "compiled_metrics", None)
+    if spe is None or int(spe.numpy()) <= 1 or model.jit_compile or model.run_eagerly or \
             model.autotune_steps_per_execution or tf.distribute.has_strategy() or \
-            getattr(model, "_distribution_strategy", None) is not None:
+            getattr(model, "_distribution_strategy", None) is not None or \
+            metrics is None or getattr(metrics, "_user_metrics", None) or \
+            getattr(metrics, "_user_weighted_metrics", None):
         return
-    model.train_function = _steps_in_one_trace(model, model.train_step, model._train_counter)
-    model.test_function = _steps_in_one_trace(model, model.test_step, model._test_counter)
+    # looked up when traced, as Keras does
+    model.train_function = _steps_in_one_trace(model, lambda data: model.train_step(data),
+                                               model._train_counter)
+    model.test_function = _steps_in_one_trace(model, lambda data: model.test_step(data),
+                                              model._test_counter)
 
 
 def model_for_training(state: Dict[str, Any], hparams: Dict[str, Any],

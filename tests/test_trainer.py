@@ -104,8 +104,7 @@ def test_autograph_leaves_the_trainers_own_traced_code_as_written():
     from tensorflow.python.autograph.impl import conversion
 
     for traced in (trainer.dense_features_from_examples, trainer._first_value_or,
-                   trainer.Standardize.call, trainer.CategoryIndex.call,
-                   trainer.serving_signatures):
+                   trainer.Standardize.call, trainer.CategoryIndex.call):
         assert conversion.is_allowlisted(traced), traced.__qualname__
 
 
@@ -307,7 +306,8 @@ def test_the_one_trace_loop_trains_exactly_as_keras_loop(monkeypatch):
         model, _ = _model_counting_step_traces(hparams)
         history = model.fit(data.repeat(), epochs=2, steps_per_epoch=10, validation_data=data,
                             validation_steps=6, verbose=0)
-        return model, history.history
+        evaluated = model.evaluate(data, steps=5, verbose=0, return_dict=True)
+        return model, (history.history, evaluated)
 
     ours, our_history = train()
     with monkeypatch.context() as patched:
@@ -315,6 +315,23 @@ def test_the_one_trace_loop_trains_exactly_as_keras_loop(monkeypatch):
         keras, keras_history = train()
     assert our_history == keras_history
     assert int(ours._train_counter.numpy()) == int(keras._train_counter.numpy()) == 20
+    assert int(ours._test_counter.numpy()) == int(keras._test_counter.numpy()) == 5
     assert int(ours.optimizer.iterations.numpy()) == 20
     for mine, theirs in zip(ours.get_weights(), keras.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_compile_with_metrics_keeps_keras_own_loop():
+    """The one-trace loop carries a loss-only step's logs; any other compile (metrics here)
+    must keep Keras's functions rather than fail at the first fit."""
+    import tf_keras
+
+    model = trainer.build_model(trainer.learn_preprocessing(_columns(["Cash", "Card"])),
+                                trainer.DEFAULT_HPARAMS)
+    model.compile(optimizer="adam", loss="binary_crossentropy",
+                  metrics=[tf_keras.metrics.AUC()], steps_per_execution=4)
+    trainer.trace_each_step_once(model)
+    assert model.train_function is None and model.test_function is None  # Keras makes its own
+    trainer.compile_for_training(model, 1e-3, dict(trainer.DEFAULT_HPARAMS,
+                                                   steps_per_execution=4))
+    assert model.train_function is not None and model.test_function is not None
