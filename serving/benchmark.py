@@ -387,12 +387,13 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     if args.clients:
         targets = [t for t in targets if t != "floor"]
-    floor = FloorServer() if "floor" in targets else None
-    if floor is not None:
-        setup.floor_address = floor.address
+    floor = None
     results: List[Dict[str, Any]] = []
     planned = list(cells(args, targets))
     try:
+        if "floor" in targets:
+            floor = FloorServer()
+            setup.floor_address = floor.address
         for number, (signature, batch, concurrency, target) in enumerate(planned, 1):
             cell = run_cell(setup.caller(target, signature, batch), args.requests, concurrency,
                             args.warmup)
@@ -477,48 +478,56 @@ class ServerProcess:
 
 
 def serve_floor() -> None:
-    """The floor server (--serve-floor): Predict answers an empty PredictResponse at once. Its
-    gRPC server is set up as serving/grpc_service.start_grpc sets ours up; prints "floor PORT"
-    once listening, runs until terminated."""
-    from concurrent import futures
-
-    import grpc
+    """The floor server (--serve-floor): Predict answers an empty PredictResponse at once, on
+    the gRPC server ours runs on (grpc_service.new_grpc_server, `ctpipe serve`'s defaults);
+    prints "floor PORT" once listening, runs until terminated."""
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from ctpipe.serving.grpc_service import DEFAULT_GRPC_WORKERS, DEFAULT_RPCS_PER_WORKER
+    from ctpipe.serving.grpc_service import bind, new_grpc_server
     from ctpipe.serving.server import DEFAULT_MAX_REQUEST_BYTES
 
     class EmptyAnswers(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):  # noqa: N802
             return predict_pb2.PredictResponse()
 
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=DEFAULT_GRPC_WORKERS, thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", DEFAULT_MAX_REQUEST_BYTES),
-                 ("grpc.max_send_message_length", DEFAULT_MAX_REQUEST_BYTES)],
-        maximum_concurrent_rpcs=DEFAULT_RPCS_PER_WORKER * DEFAULT_GRPC_WORKERS)
+    server = new_grpc_server(DEFAULT_MAX_REQUEST_BYTES)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(EmptyAnswers(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = bind(server, "127.0.0.1:0")
     server.start()
     print(f"floor {port}", flush=True)
     server.wait_for_termination()
 
 
 class FloorServer:
-    """serve_floor() in a child process; `stop()` ends it by its PID."""
+    """serve_floor() in a child process; `stop()` ends it by its PID. A child that does not
+    listen within `seconds` is stopped, and the benchmark exits with its last error line."""
 
-    def __init__(self):
+    def __init__(self, seconds: float = 120.0):
+        import select
+        import tempfile
+
+        self._errors = tempfile.TemporaryFile("w+")  # unlinked at once: nothing left behind
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ctpipe.serving.benchmark", "--serve-floor"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True)
-        line = self.process.stdout.readline()
-        if not line.startswith("floor "):
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._errors, text=True)
+        try:
+            ready, _, _ = select.select([self.process.stdout], [], [], seconds)
+            line = self.process.stdout.readline() if ready else ""
+            if not line.startswith("floor "):
+                self._end_process()
+                self._errors.seek(0)
+                lines = [text.strip() for text in self._errors if text.strip()]
+                why = lines[-1] if lines else (
+                    f"exited with code {self.process.returncode}"
+                    if self.process.returncode is not None
+                    else f"nothing listening after {seconds:.0f} s")
+                sys.exit(f"the gRPC floor server did not start: {why}")
+        except BaseException:
             self.stop()
-            sys.exit("the gRPC floor server did not start")
+            raise
         self.address = f"127.0.0.1:{int(line.split()[1])}"
 
-    def stop(self) -> None:
+    def _end_process(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -526,7 +535,11 @@ class FloorServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        self._end_process()
         self.process.stdout.close()
+        self._errors.close()
 
 
 def _wait_available(server, model_name: str, seconds: float = 120.0) -> bool:

@@ -339,7 +339,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def _bind(server: grpc.Server, address: str) -> int:
+def bind(server: grpc.Server, address: str) -> int:
     """add_insecure_port, failing as OSError (grpc answers 0 or raises RuntimeError)."""
     try:
         bound = server.add_insecure_port(address)
@@ -375,6 +375,25 @@ def parse_grpc_channel_arguments(text: str) -> List[Tuple[str, Union[int, str]]]
     return arguments
 
 
+def new_grpc_server(max_message_bytes: int, workers: int = DEFAULT_GRPC_WORKERS,
+                    max_concurrent_rpcs: Optional[int] = None,
+                    channel_arguments: ChannelArguments = ()) -> grpc.Server:
+    """The gRPC server our services run on (start_grpc), and the serving benchmark's floor
+    server with them, so the floor is measured on the same handler threads and options."""
+    if workers < 1:
+        raise ValueError(f"gRPC workers must be at least 1, got {workers}")
+    limit = max_concurrent_rpcs if max_concurrent_rpcs is not None \
+        else DEFAULT_RPCS_PER_WORKER * workers
+    if limit < 1:
+        raise ValueError(f"max_concurrent_rpcs must be at least 1, got {limit}")
+    options = dict([("grpc.max_receive_message_length", max_message_bytes),
+                    ("grpc.max_send_message_length", max_message_bytes)])
+    options.update(channel_arguments)
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        options=list(options.items()), maximum_concurrent_rpcs=limit)
+
+
 def start_grpc(core: ServingCore, host: str, port: int, max_message_bytes: int,
                workers: int = DEFAULT_GRPC_WORKERS, max_concurrent_rpcs: Optional[int] = None,
                socket_path: Optional[str] = None, channel_arguments: ChannelArguments = ()
@@ -387,23 +406,13 @@ def start_grpc(core: ServingCore, host: str, port: int, max_message_bytes: int,
     server.cc adds as the listening port "unix:<path>"; clients dial "unix:<path>").
     `channel_arguments`: gRPC server options, e.g. from parse_grpc_channel_arguments; one
     that names a key we set (the message size limits) replaces ours."""
-    if workers < 1:
-        raise ValueError(f"gRPC workers must be at least 1, got {workers}")
-    limit = max_concurrent_rpcs if max_concurrent_rpcs is not None \
-        else DEFAULT_RPCS_PER_WORKER * workers
-    if limit < 1:
-        raise ValueError(f"max_concurrent_rpcs must be at least 1, got {limit}")
-    options = dict([("grpc.max_receive_message_length", max_message_bytes),
-                    ("grpc.max_send_message_length", max_message_bytes)])
-    options.update(channel_arguments)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-        options=list(options.items()), maximum_concurrent_rpcs=limit)
+    server = new_grpc_server(max_message_bytes, workers, max_concurrent_rpcs,
+                             channel_arguments)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
-    bound = _bind(server, f"{host}:{port}")
+    bound = bind(server, f"{host}:{port}")
     if socket_path:
-        _bind(server, f"unix:{socket_path}")
+        bind(server, f"unix:{socket_path}")
     server.start()
     return server, bound

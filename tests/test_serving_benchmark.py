@@ -34,3 +34,22 @@ def test_the_floor_is_measured_on_the_raw_signature_only():
     floors = [(signature, batch) for signature, batch, _, target in
               benchmark.cells(args, ["grpc", "floor"]) if target == "floor"]
     assert floors == [(benchmark.RAW, 1), (benchmark.RAW, 32)]
+
+
+def test_a_floor_server_that_fails_to_start_says_why_and_leaves_nothing(tmp_path, monkeypatch):
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'ImportError: No module named grpc' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(benchmark.sys, "executable", str(broken))
+    started = []
+    real_popen = benchmark.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+    monkeypatch.setattr(benchmark.subprocess, "Popen", popen)
+    with pytest.raises(SystemExit) as stopped:
+        benchmark.FloorServer(seconds=30)
+    assert str(stopped.value) == ("the gRPC floor server did not start: "
+                                  "ImportError: No module named grpc")
+    assert started and started[0].returncode == 3
