@@ -468,13 +468,18 @@ class ServerProcess:
             pass
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
+
+
+def end_process(process: subprocess.Popen, seconds: float = 30.0) -> None:
+    """Terminate a child this benchmark started, by its PID; kill it if it outlives `seconds`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def serve_floor() -> None:
@@ -514,7 +519,7 @@ class FloorServer:
             ready, _, _ = select.select([self.process.stdout], [], [], seconds)
             line = self.process.stdout.readline() if ready else ""
             if not line.startswith("floor "):
-                self._end_process()
+                end_process(self.process)
                 self._errors.seek(0)
                 lines = [text.strip() for text in self._errors if text.strip()]
                 why = lines[-1] if lines else (
@@ -527,17 +532,8 @@ class FloorServer:
             raise
         self.address = f"127.0.0.1:{int(line.split()[1])}"
 
-    def _end_process(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
     def stop(self) -> None:
-        self._end_process()
+        end_process(self.process)
         self.process.stdout.close()
         self._errors.close()
 
