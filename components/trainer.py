@@ -657,17 +657,15 @@ def _steps_in_one_trace(model: tf_keras.Model, step, counter: tf.Variable):
     Keras does, in a while loop whose body is traced once."""
     steps = model._steps_per_execution
 
-    def body(done, logs, iterator):
-        del logs
-        logs = step(next(iterator))
-        with tf.control_dependencies(tf.nest.flatten(logs)):
-            counter.assign_add(1)
-        return done + 1, logs
-
     def run(iterator):
+        def one_step(done, _):
+            logs = step(next(iterator))
+            with tf.control_dependencies(tf.nest.flatten(logs)):
+                counter.assign_add(1)
+            return done + 1, logs
+
         start = (tf.constant(0, steps.dtype), {name: tf.constant(0.0) for name in LOSS_ONLY_LOGS})
-        _, logs = tf.while_loop(lambda done, _: done < steps,
-                                lambda done, logs: body(done, logs, iterator), start)
+        _, logs = tf.while_loop(lambda done, _: done < steps, one_step, start)
         return logs
 
     return tf.function(run, autograph=False, reduce_retracing=True)
