@@ -197,7 +197,7 @@ class Batcher:
     """BasicBatchScheduler for one (model, version, signature): `run(tensors)` is the signature
     call (a dict of tensors -> a dict of tensors); `submit` blocks until its rows come back."""
 
-    def __init__(self, run: Callable[[Dict[str, object]], Dict[str, object]],
+    def __init__(self, run: Optional[Callable[[Dict[str, object]], Dict[str, object]]],
                  options: BatchingOptions, name: str = ""):
         self._run, self.options, self.name = run, options, name
         self._cond = threading.Condition()
@@ -212,14 +212,22 @@ class Batcher:
         if keyed is None:
             return _numpy(self._run(tensors))
         key, rows = keyed
+        return self.submit_task(tensors, key, rows, lambda: _numpy(self._run(tensors)))
+
+    def submit_task(self, inputs, key, rows: int,
+                    run_alone: Callable[[], Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        """Queue one request (`inputs`: whatever _merged_outputs merges) of `rows` rows with
+        the open batches of the same `key`; blocks until its rows come back. A request larger
+        than max_batch_size is refused as TF Serving does, or runs alone (run_alone) with
+        enable_large_batch_splitting."""
         options = self.options
         if rows > options.max_batch_size:
             if not options.enable_large_batch_splitting:
                 raise ServingError("INVALID_ARGUMENT",
                                    f"Task size {rows} is larger than maximum input batch size "
                                    f"{options.max_batch_size}")
-            return _numpy(self._run(tensors))
-        task = _Task(tensors, rows)
+            return run_alone()
+        task = _Task(inputs, rows)
         with self._cond:
             if len(self._threads) < options.num_batch_threads:
                 self._start()
@@ -282,12 +290,7 @@ class Batcher:
     def _process(self, batch: _Batch) -> None:
         tasks = batch.tasks
         try:
-            if len(tasks) == 1:
-                merged = tasks[0].inputs
-            else:
-                merged = {alias: np.concatenate([t.inputs[alias] for t in tasks])
-                          for alias in tasks[0].inputs}
-            outputs = _numpy(self._run(merged))
+            outputs = self._merged_outputs(tasks)
             for alias, value in outputs.items():
                 if value.ndim == 0 or value.shape[0] != batch.rows:
                     raise ServingError("INTERNAL",
@@ -308,6 +311,15 @@ class Batcher:
             for task in tasks:
                 task.done.set()
 
+    def _merged_outputs(self, tasks: List[_Task]) -> Dict[str, np.ndarray]:
+        """One signature call on the tasks' inputs concatenated along dimension 0."""
+        if len(tasks) == 1:
+            merged = tasks[0].inputs
+        else:
+            merged = {alias: np.concatenate([t.inputs[alias] for t in tasks])
+                      for alias in tasks[0].inputs}
+        return _numpy(self._run(merged))
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -323,3 +335,21 @@ class Batcher:
 def _numpy(outputs) -> Dict[str, np.ndarray]:
     return {alias: value.numpy() if hasattr(value, "numpy") else np.asarray(value)
             for alias, value in outputs.items()}
+
+
+class ProtoBatcher(Batcher):
+    """The Batcher of the proto path (serving/proto_calls.py): a task is one request's
+    serialized input protos, and a batch is one ProtoCall - parsed and concatenated inside
+    TensorFlow, so the batch thread holds the GIL only to hand the protos over."""
+
+    def __init__(self, proto_call, options: BatchingOptions, name: str = ""):
+        super().__init__(None, options, name)  # batches run through proto_call
+        self.proto_call = proto_call
+
+    def submit_protos(self, serialized, key, rows: int) -> Dict[str, np.ndarray]:
+        return self.submit_task(serialized, key, rows,
+                                lambda: self.proto_call.run([serialized]))
+
+    def _merged_outputs(self, tasks: List[_Task]) -> Dict[str, np.ndarray]:
+        return self.proto_call.run([task.inputs for task in tasks])
+

@@ -10,8 +10,6 @@ gRPC hands a unary RPC to Python only once its whole request has arrived."""
 from __future__ import annotations
 
 import functools
-import math
-import sys
 import time
 from concurrent import futures
 from typing import List, Optional, Sequence, Tuple, Union
@@ -38,6 +36,7 @@ from ctpipe.serving.errors import GRPC_CODE_NUMBER, ServingConfigError, ServingE
 from ctpipe.serving.model_config import from_proto
 from ctpipe.serving.registry import STATE_NAMES
 from ctpipe.serving.servables import examples_from_input
+from ctpipe.serving.tensor_protos import RequestInputs, to_ndarray  # noqa: F401 - to_ndarray: API
 
 ENTRYPOINT = "GRPC"
 DEFAULT_GRPC_WORKERS = 8
@@ -88,44 +87,6 @@ def _aborts_with_status(api: str):
             context.abort(_status_code(failure.code), failure.message)
         return wrapper
     return decorate
-
-
-# dtype -> the repeated field make_tensor_proto fills for short tensors (others: tensor_content)
-_VALUE_FIELDS = {types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
-                 types_pb2.DT_INT64: "int64_val", types_pb2.DT_INT32: "int_val",
-                 types_pb2.DT_BOOL: "bool_val"}
-_NUMPY_DTYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
-                 types_pb2.DT_INT64: np.int64, types_pb2.DT_INT32: np.int32,
-                 types_pb2.DT_BOOL: np.bool_}
-
-
-def to_ndarray(proto) -> np.ndarray:
-    """tf.make_ndarray for the TensorProtos clients send (float/double/int/bool as
-    tensor_content or a full value list, strings as string_val), without its per-call Python
-    overhead (~10 us a tensor); anything else - a short list TF broadcasts, other dtypes,
-    unknown rank - is left to tf.make_ndarray."""
-    if proto.tensor_shape.unknown_rank:
-        return tf.make_ndarray(proto)
-    shape = [dim.size for dim in proto.tensor_shape.dim]
-    count = math.prod(shape)
-    if proto.dtype == types_pb2.DT_STRING:
-        values = proto.string_val
-        if len(values) == count:
-            array = np.empty(count, dtype=object)
-            array[:] = list(values)
-            return array.reshape(shape)
-        return tf.make_ndarray(proto)
-    numpy_dtype = _NUMPY_DTYPES.get(proto.dtype)
-    if numpy_dtype is None:
-        return tf.make_ndarray(proto)
-    if proto.tensor_content:
-        if sys.byteorder != "little":
-            return tf.make_ndarray(proto)
-        return np.frombuffer(proto.tensor_content, dtype=numpy_dtype).reshape(shape)
-    values = getattr(proto, _VALUE_FIELDS[proto.dtype])
-    if len(values) == count:
-        return np.asarray(values, dtype=numpy_dtype).reshape(shape)
-    return tf.make_ndarray(proto)
 
 
 def fill_model_spec(model_spec, name: str, version: int, signature_name: Optional[str]) -> None:
@@ -203,10 +164,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_aborts_with_status("predict")
     def Predict(self, request, context):  # noqa: N802
         name, version, label = _spec(request)
-        try:
-            inputs = {k: to_ndarray(v) for k, v in request.inputs.items()}
-        except (TypeError, ValueError) as error:
-            raise ServingError("INVALID_ARGUMENT", f"malformed input tensor: {error}")
+        inputs = RequestInputs(request.inputs)  # decoded when read, if ever (proto path)
         unit = self.core.unit_of(context.invocation_metadata(), inputs) \
             if self.core.control_key and not label and version is None else None
         servable, outputs = self.core.predict(

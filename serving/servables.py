@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -39,7 +39,10 @@ from ctpipe.components.signatures import (
     REGRESS_OUTPUTS,
     WARMUP_FILE,
 )
+from ctpipe.serving.batching import Batcher, ProtoBatcher
 from ctpipe.serving.errors import ServingError
+from ctpipe.serving.proto_calls import MAX_TASKS_PER_CALL, ProtoCall, ProtoPathRefused
+from ctpipe.serving.tensor_protos import RequestInputs
 
 
 def read_signature_defs(export_dir: str, with_init_op: bool = False
@@ -225,7 +228,7 @@ class Servable:
         self.name, self.version, self.path = name, version, path
         self.method_name_check = method_name_check
         self.batching = batching
-        self._batchers: Dict[str, object] = {}
+        self._batchers: Dict[object, object] = {}  # signature key, ("proto", key)
         self._batchers_lock = threading.Lock()
         self.signature_defs = read_signature_defs(path)
         self.metadata_signature_defs = read_signature_defs(path, with_init_op=True)
@@ -234,6 +237,9 @@ class Servable:
         self._loaded = tf.saved_model.load(path)
         self._functions = dict(self._loaded.signatures)
         self._calls = {key: _SignatureCall(function) for key, function in self._functions.items()}
+        self._proto_calls = {key: proto_call for key, proto_call in (
+            (key, ProtoCall.for_signature(call)) for key, call in self._calls.items())
+            if proto_call is not None}
         self._inputs = {key: _Inputs(value) for key, value in self.signature_defs.items()}
 
     # -- signatures ------------------------------------------------------------------------
@@ -274,6 +280,11 @@ class Servable:
                 raise ServingError("INVALID_ARGUMENT",
                                    f"output tensor alias not found in signature: {alias}")
         wanted = list(output_filter) or spec.outputs
+        protos = inputs.protos if isinstance(inputs, RequestInputs) else None
+        if protos is not None and key in self._proto_calls:
+            outputs = self._proto_outputs(key, protos)
+            if outputs is not None:
+                return {alias: outputs[alias] for alias in wanted}
         if self.batching is not None:
             # numpy until the batch is formed: one concatenate and one tensor per input per
             # batch, not one tensor per input per request plus a tf.concat per batch
@@ -286,19 +297,42 @@ class Servable:
         outputs = self._call(self._calls[key], tensors)
         return {alias: outputs[alias].numpy() for alias in wanted}
 
+    def _proto_outputs(self, key: str, protos) -> Optional[Dict[str, np.ndarray]]:
+        """The proto path (serving/proto_calls.py) for a gRPC request's TensorProtos: batched
+        with batching on, else one call. None when the request needs the numpy path (an
+        input of another dtype, or the proto path refused it): that path then answers it,
+        with the error a client should see if there is one."""
+        proto_call = self._proto_calls[key]
+        prepared = proto_call.prepare(protos)
+        if prepared is None:
+            return None
+        serialized, rows, batch_key = prepared
+        try:
+            if self.batching is not None and rows is not None and proto_call.batchable():
+                return self.proto_batcher(key).submit_protos(serialized, batch_key, rows)
+            return proto_call.run([serialized])
+        except ProtoPathRefused:
+            return None
+
+    def proto_batcher(self, key: str):
+        """The ProtoBatcher of signature `key` (made on first use)."""
+        return self._batcher(("proto", key), lambda: ProtoBatcher(
+            self._proto_calls[key], self.batching, f"{self.name}-{self.version}-{key}-proto"))
+
     def batcher(self, key: str):
         """The Batcher of signature `key` (made on first use)."""
+        call = self._calls[key]
+        return self._batcher(key, lambda: Batcher(
+            lambda arrays: self._call(call, _tensors(arrays)), self.batching,
+            f"{self.name}-{self.version}-{key}"))
+
+    def _batcher(self, key, make):
         batcher = self._batchers.get(key)
         if batcher is None:
-            from ctpipe.serving.batching import Batcher
-
             with self._batchers_lock:
                 batcher = self._batchers.get(key)
                 if batcher is None:
-                    call = self._calls[key]
-                    batcher = Batcher(lambda arrays: self._call(call, _tensors(arrays)),
-                                      self.batching, f"{self.name}-{self.version}-{key}")
-                    self._batchers[key] = batcher
+                    batcher = self._batchers[key] = make()
         return batcher
 
     @staticmethod
@@ -512,6 +546,8 @@ class Servable:
            empty strings, unknown dimensions as 1. A signature that refuses it (an empty string
            is not a parseable tf.Example with required features, say) is skipped: synthetic
            warmup never fails a load.
+        3. The proto path's functions (serving/proto_calls.py) are traced and run once: for
+           one request, and with batching for each request count one call takes.
         Returns how many warmup calls succeeded; `warmed_up` says how each signature was."""
         replayed, covered = self._replay_warmup_file()
         self.warmed_up = {key: "record" for key in covered}
@@ -522,6 +558,9 @@ class Servable:
             reason = self._synthetic_call(key)
             self.warmed_up[key] = reason or "synthetic"
             synthetic += not reason
+        for proto_call in self._proto_calls.values():
+            batched = self.batching is not None and proto_call.batchable()
+            proto_call.warm(range(1, MAX_TASKS_PER_CALL + 1) if batched else (1,))
         return replayed + synthetic
 
     def _replay_warmup_file(self) -> Tuple[int, set]:

@@ -173,7 +173,7 @@ def test_server_batches_concurrent_predicts_with_the_same_answers(toy_base):
                 np.testing.assert_array_equal(unbatched[key], batched[key])
         servable = on.core.registry.resolve("toy")
         assert off.core.registry.resolve("toy")._batchers == {}
-        batcher = servable._batchers["serving_default"]
+        batcher = servable._batchers[("proto", "serving_default")]  # gRPC: the proto path
         assert batcher.tasks_run == len(requests) and batcher.batches_run < len(requests)
     finally:
         off.stop()
