@@ -31,6 +31,11 @@ Only requests whose every input has a batch dimension are batched, and only with
 the same input dtypes and inner shapes; any other request (scalars, inputs of different first
 dimensions) runs directly, as without batching. Classify, Regress and MultiInference are not
 batched here.
+
+Two batchers per signature: `Batcher` for requests that arrive as values (REST, and gRPC inputs
+the proto path refuses), concatenated as numpy; `ProtoBatcher` for gRPC Predict requests whose
+TensorProtos have the signature's dtypes, parsed and concatenated inside TensorFlow
+(serving/proto_calls.py). The two never share a batch.
 """
 from __future__ import annotations
 
