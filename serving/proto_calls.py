@@ -27,6 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from ctpipe.serving.tensor_protos import serialized_tensor_proto
+
 MAX_TASKS_PER_CALL = 8  # requests in one traced call; a larger batch makes several calls
 SINGLE_THREADED = "SINGLE_THREADED_EXECUTOR"
 
@@ -85,6 +87,23 @@ class ProtoCall:
                 rows = first if rows is None or rows == first else -1
                 if open_inner:
                     key.append(tuple(d.size for d in dims[1:]))
+        return serialized, (rows if rows is not None and rows > 0 else None), tuple(key)
+
+    def prepare_arrays(self, arrays) -> Optional[Tuple[List[bytes], Optional[int], tuple]]:
+        """`prepare` for a request that came as values (REST), already numpy arrays of the
+        signature's dtypes (strings: object arrays of bytes); None if one is not."""
+        serialized, rows, key = [], None, []
+        for alias, dtype_enum, open_inner in zip(self.aliases, self.dtype_enums,
+                                                 self._open_inner):
+            array = arrays[alias]
+            proto = serialized_tensor_proto(array, dtype_enum)
+            if proto is None:
+                return None
+            serialized.append(proto)
+            first = array.shape[0] if array.ndim else -1
+            rows = first if rows is None or rows == first else -1
+            if open_inner:
+                key.append(array.shape[1:])
         return serialized, (rows if rows is not None and rows > 0 else None), tuple(key)
 
     def run(self, requests: Sequence[List[bytes]]) -> Dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ from ctpipe.components.signatures import (
 from ctpipe.serving.batching import Batcher, ProtoBatcher
 from ctpipe.serving.errors import ServingError
 from ctpipe.serving.proto_calls import MAX_TASKS_PER_CALL, ProtoCall, ProtoPathRefused
-from ctpipe.serving.tensor_protos import RequestInputs
+from ctpipe.serving.tensor_protos import RequestInputs, bytes_array
 
 
 def read_signature_defs(export_dir: str, with_init_op: bool = False
@@ -109,6 +109,22 @@ def _numeric_array(value, dtype: tf.dtypes.DType) -> np.ndarray:
     if array.dtype.kind == "f" and dtype.is_integer:
         raise TypeError(f"got a fraction for an {dtype.name} input")
     return array.astype(dtype.as_numpy_dtype, copy=False)
+
+
+def _value_arrays(inputs, dtypes) -> Optional[Dict[str, np.ndarray]]:
+    """Request values as numpy arrays of the signature's dtypes, with the tensor path's checks;
+    None when one needs that path (it converts the value or gives the error)."""
+    arrays = {}
+    for alias, value in inputs.items():
+        dtype = dtypes[alias]
+        try:
+            array = bytes_array(value) if dtype == tf.string else _numeric_array(value, dtype)
+        except (TypeError, ValueError):
+            return None
+        if array is None:
+            return None
+        arrays[alias] = array
+    return arrays
 
 
 def _not_convertible(alias: str, dtype: tf.dtypes.DType, error: Exception) -> ServingError:
@@ -280,9 +296,14 @@ class Servable:
                 raise ServingError("INVALID_ARGUMENT",
                                    f"output tensor alias not found in signature: {alias}")
         wanted = list(output_filter) or spec.outputs
-        protos = inputs.protos if isinstance(inputs, RequestInputs) else None
-        if protos is not None and key in self._proto_calls:
-            outputs = self._proto_outputs(key, protos)
+        proto_call = self._proto_calls.get(key)
+        if proto_call is not None:
+            if isinstance(inputs, RequestInputs):  # gRPC: the request's own TensorProtos
+                prepared = proto_call.prepare(inputs.protos)
+            else:  # values (REST, warmup records) that convert to the signature's dtypes
+                arrays = _value_arrays(inputs, spec.dtypes)
+                prepared = None if arrays is None else proto_call.prepare_arrays(arrays)
+            outputs = None if prepared is None else self._proto_outputs(key, *prepared)
             if outputs is not None:
                 return {alias: outputs[alias] for alias in wanted}
         if self.batching is not None:
@@ -297,16 +318,12 @@ class Servable:
         outputs = self._call(self._calls[key], tensors)
         return {alias: outputs[alias].numpy() for alias in wanted}
 
-    def _proto_outputs(self, key: str, protos) -> Optional[Dict[str, np.ndarray]]:
-        """The proto path (serving/proto_calls.py) for a gRPC request's TensorProtos: batched
-        with batching on, else one call. None when the request needs the numpy path (an
-        input of another dtype, or the proto path refused it): that path then answers it,
-        with the error a client should see if there is one."""
+    def _proto_outputs(self, key: str, serialized: List[bytes], rows: Optional[int],
+                       batch_key: tuple) -> Optional[Dict[str, np.ndarray]]:
+        """The proto path (serving/proto_calls.py) for one request's serialized inputs:
+        batched with batching on, else one call. None when the proto path refused it: the
+        tensor path then answers it, with the error a client should see if there is one."""
         proto_call = self._proto_calls[key]
-        prepared = proto_call.prepare(protos)
-        if prepared is None:
-            return None
-        serialized, rows, batch_key = prepared
         try:
             if self.batching is not None and rows is not None and proto_call.batchable():
                 return self.proto_batcher(key).submit_protos(serialized, batch_key, rows)

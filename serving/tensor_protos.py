@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from ctpipe.serving.errors import ServingError
 
@@ -50,6 +50,40 @@ def to_ndarray(proto) -> np.ndarray:
         return np.asarray(values, dtype=numpy_dtype).reshape(shape)
     return tf.make_ndarray(proto)
 
+
+
+def serialized_tensor_proto(array: np.ndarray, dtype_enum: int) -> Optional[bytes]:
+    """`array` as a serialized TensorProto of `dtype_enum` (numbers as tensor_content, strings
+    as string_val), or None when it is not exactly that dtype (bytes objects for strings)."""
+    proto = tensor_pb2.TensorProto(dtype=dtype_enum)
+    if dtype_enum == types_pb2.DT_STRING:
+        if array.dtype != object:
+            return None
+        values = array.ravel().tolist()
+        if not all(type(v) is bytes for v in values):
+            return None
+        proto.string_val.extend(values)
+    else:
+        numpy_dtype = _NUMPY_DTYPES.get(dtype_enum)
+        if numpy_dtype is None or array.dtype != numpy_dtype or sys.byteorder != "little":
+            return None
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    return proto.SerializeToString()
+
+
+def bytes_array(value) -> Optional[np.ndarray]:
+    """A request's string input as an object array of bytes (str as UTF-8), as TF would make
+    it; None for anything else (numbers, None, ragged nesting): the tensor path handles it."""
+    array = np.asarray(value, dtype=object)
+    flat = array.ravel().tolist()
+    if not all(type(v) is bytes or type(v) is str for v in flat):
+        return None
+    if any(type(v) is str for v in flat):
+        array = np.array([v.encode("utf-8") if type(v) is str else v for v in flat],
+                         dtype=object).reshape(array.shape)
+    return array
 
 
 class RequestInputs(Mapping):

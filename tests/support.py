@@ -202,6 +202,16 @@ class RequestLoad:
         self._thread.join()
 
 
+def save_model_version(base: Path, module, version: int = 1) -> Path:
+    """`module.predict` saved as TF Serving's version `version` under `base`, its only
+    signature serving_default; returns `base`."""
+    import tensorflow as tf
+
+    tf.saved_model.save(module, str(base / str(version)),
+                        signatures={"serving_default": module.predict.get_concrete_function()})
+    return base
+
+
 def wait_until(predicate, seconds: float = 30.0) -> bool:
     """Poll `predicate` every 0.1 s until it is true (True) or `seconds` pass (False)."""
     import time

@@ -20,6 +20,8 @@ from ctpipe.serving.errors import ServingConfigError, ServingError
 from ctpipe.serving.model_config import single_model
 from ctpipe.serving.server import start_server
 
+from tests.support import save_model_version
+
 
 class Toy(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
@@ -30,11 +32,7 @@ class Toy(tf.Module):
 
 @pytest.fixture(scope="module")
 def toy_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("batch_toy")
-    module = Toy()
-    tf.saved_model.save(module, str(base / "1"),
-                        signatures={"serving_default": module.predict.get_concrete_function()})
-    return base
+    return save_model_version(tmp_path_factory.mktemp("batch_toy"), Toy())
 
 
 def test_parses_tf_serving_text_format():
@@ -180,19 +178,7 @@ def test_server_batches_concurrent_predicts_with_the_same_answers(toy_base):
         on.stop()
 
 
-def test_a_batch_makes_one_tensor_per_input(toy_base, monkeypatch):
-    """Requests stay numpy until their batch is formed: three queued requests cost one tensor
-    per input and no tf.concat (per-request tensors and a concat per batch were most of a
-    batch's time under load), and each still gets its own rows back."""
-    from ctpipe.serving.servables import Servable
-
-    servable = Servable("toy", 1, str(toy_base / "1"),
-                        batching=BatchingOptions(max_batch_size=64, batch_timeout_micros=300000,
-                                                 num_batch_threads=1))
-    made = []
-    real_constant = tf.constant
-    monkeypatch.setattr(tf, "constant", lambda *a, **k: made.append(1) or real_constant(*a, **k))
-    monkeypatch.setattr(tf, "concat", lambda *a, **k: pytest.fail("a batch used tf.concat"))
+def _queue_three_value_requests(servable):
     answers = {}
 
     def one(i):
@@ -204,9 +190,45 @@ def test_a_batch_makes_one_tensor_per_input(toy_base, monkeypatch):
         thread.start()
     for thread in threads:
         thread.join(30)
-    batcher = servable.batcher("serving_default")
-    assert (batcher.batches_run, batcher.tasks_run) == (1, 3)
-    assert len(made) == 2  # x and pair, once for the batch
     for i in range(3):
         assert answers[i]["y"].tolist() == [2.0 * i + 1.0] * (i + 1)
         assert answers[i]["s"].tolist() == [i + 1.0] * (i + 1)
+
+
+def _batching_toy(toy_base):
+    from ctpipe.serving.servables import Servable
+
+    servable = Servable("toy", 1, str(toy_base / "1"),
+                        batching=BatchingOptions(max_batch_size=64, batch_timeout_micros=300000,
+                                                 num_batch_threads=1))
+    servable.warm_up()  # as the registry does before a version serves (traces the proto path)
+    return servable
+
+
+def test_value_requests_batch_on_the_proto_path_without_a_tensor_each(toy_base, monkeypatch):
+    """REST-style values that convert to the signature's dtypes become serialized TensorProtos
+    and share one proto-path call: no eager tensor per input per request, no tf.concat."""
+    servable = _batching_toy(toy_base)
+    monkeypatch.setattr(tf, "constant", lambda *a, **k: pytest.fail("a tensor per input"))
+    monkeypatch.setattr(tf, "concat", lambda *a, **k: pytest.fail("a batch used tf.concat"))
+    _queue_three_value_requests(servable)
+    batcher = servable.proto_batcher("serving_default")
+    assert (batcher.batches_run, batcher.tasks_run) == (1, 3)
+    assert servable.batcher("serving_default").tasks_run == 0
+
+
+def test_a_batch_makes_one_tensor_per_input(toy_base, monkeypatch):
+    """Without the proto path (a signature it cannot take, or values it refuses), requests stay
+    numpy until their batch is formed: three queued requests cost one tensor per input and no
+    tf.concat (per-request tensors and a concat per batch were most of a batch's time under
+    load), and each still gets its own rows back."""
+    servable = _batching_toy(toy_base)
+    servable._proto_calls.clear()
+    made = []
+    real_constant = tf.constant
+    monkeypatch.setattr(tf, "constant", lambda *a, **k: made.append(1) or real_constant(*a, **k))
+    monkeypatch.setattr(tf, "concat", lambda *a, **k: pytest.fail("a batch used tf.concat"))
+    _queue_three_value_requests(servable)
+    batcher = servable.batcher("serving_default")
+    assert (batcher.batches_run, batcher.tasks_run) == (1, 3)
+    assert len(made) == 2  # x and pair, once for the batch

@@ -19,6 +19,8 @@ from ctpipe.serving.servables import Servable
 from ctpipe.serving.server import start_server
 from ctpipe.serving.tensor_protos import RequestInputs
 
+from tests.support import save_model_version
+
 
 class Mixed(tf.Module):
     """Every dtype kind a client sends: floats (tensor_content), int64, strings, a 2-D input."""
@@ -34,11 +36,7 @@ class Mixed(tf.Module):
 
 @pytest.fixture(scope="module")
 def mixed_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("proto_path")
-    module = Mixed()
-    tf.saved_model.save(module, str(base / "1"),
-                        signatures={"serving_default": module.predict.get_concrete_function()})
-    return base
+    return save_model_version(tmp_path_factory.mktemp("proto_path"), Mixed())
 
 
 def _request(x, n, words, pair, x_dtype=np.float32, model="mixed"):
@@ -156,3 +154,17 @@ def test_a_function_the_single_threaded_executor_refuses_moves_to_the_default(mi
     answer = proto_call.run([serialized])
     assert {alias: value.tolist() for alias, value in answer.items()} == GOOD_ANSWER
     assert proto_call.executor == "" and rows == 2
+
+
+def test_values_take_the_proto_path_and_what_it_cannot_take_keeps_the_tensor_path(
+        mixed_base, monkeypatch):
+    servable = Servable("mixed", 1, str(mixed_base / "1"))
+    servable.warm_up()
+    values = {"x": GOOD[0], "n": GOOD[1], "word": GOOD[2], "pair": GOOD[3]}
+    with monkeypatch.context() as patch:  # REST-style values: one call, no tensor per input
+        patch.setattr(tf, "constant", lambda *a, **k: pytest.fail("a tensor per input"))
+        answer = servable.predict("serving_default", values)
+    assert {alias: value.tolist() for alias, value in answer.items()} == GOOD_ANSWER
+    # numbers for a string input: TF Serving's JSON takes their text, on the tensor path
+    answer = servable.predict("serving_default", dict(values, word=[7, 42]))
+    assert answer["length"].tolist() == [1, 2]
