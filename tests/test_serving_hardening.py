@@ -541,10 +541,29 @@ class _Spy:
         return self.call(tensors)
 
 
+class _ProtoSpy:
+    """A ProtoCall that records its signature when a request runs on it (the proto path);
+    its own warm-up runs are not requests and are not recorded."""
+
+    def __init__(self, key, proto_call, seen):
+        self.key, self.proto_call, self.seen = key, proto_call, seen
+
+    def run(self, requests):
+        self.seen.append(self.key)
+        return self.proto_call.run(requests)
+
+    def __getattr__(self, name):
+        return getattr(self.proto_call, name)
+
+
 def _spied(path):
+    """A servable whose every signature call - on the tensor path or the proto path - is
+    recorded in `seen` under its signature key."""
     servable = Servable("default", 123, path)
     seen = []
     servable._calls = {k: _Spy(k, v, seen) for k, v in servable._calls.items()}
+    servable._proto_calls = {k: _ProtoSpy(k, v, seen)
+                             for k, v in servable._proto_calls.items()}
     return servable, seen
 
 
