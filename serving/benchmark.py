@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -444,17 +445,27 @@ class ServerProcess:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         text=True)
         self.grpc_address = self.rest_url = ""
-        seen: List[str] = []
-        for line in self.process.stderr:  # the server's "serving ...: gRPC .., REST .." line
+        self._listening = False  # set at the ready line: later lines are read and dropped
+        lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        threading.Thread(target=self._drain, args=(lines,), daemon=True).start()
+        deadline, seen = time.monotonic() + seconds, []
+        while not self.grpc_address:  # the server's "serving ...: gRPC .., REST .." line
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+                seen.append(f"no ready line after {seconds:.0f} s")
+            if line is None:
+                break
             seen.append(line.strip())
             found = self.READY.search(line) if line.startswith("serving ") else None
             if found:
                 self.grpc_address, self.rest_url = found.group(1), found.group(2)
-                break
+                self._listening = True
         if not self.grpc_address:
             self.stop()
-            sys.exit("the server process did not start: " + (seen[-1] if seen else "no output"))
-        threading.Thread(target=self._drain, daemon=True).start()
+            why = seen[-1] if seen else f"exited with code {self.process.returncode}"
+            sys.exit(f"the server process did not start: {why}")
         from ctpipe.components.release import ReleaseError, rest_waiter
 
         try:
@@ -463,9 +474,14 @@ class ServerProcess:
             self.stop()
             sys.exit(f"the server process never served: {error}")
 
-    def _drain(self) -> None:
-        for _ in self.process.stderr:
-            pass
+    def _drain(self, lines: "queue.Queue[Optional[str]]") -> None:
+        """Stderr read to its end, so the child never blocks on a full pipe; until the ready
+        line each line goes into `lines` (None at the end), so the start-up wait has a
+        deadline."""
+        for line in self.process.stderr:
+            if not self._listening:
+                lines.put(line)
+        lines.put(None)
 
     def stop(self) -> None:
         end_process(self.process)

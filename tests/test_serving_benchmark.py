@@ -1,4 +1,5 @@
 """serving/benchmark.py's gRPC floor: a server that answers at once, measured as ours is."""
+import argparse
 import socket
 import types
 
@@ -53,3 +54,23 @@ def test_a_floor_server_that_fails_to_start_says_why_and_leaves_nothing(tmp_path
     assert str(stopped.value) == ("the gRPC floor server did not start: "
                                   "ImportError: No module named grpc")
     assert started and started[0].returncode == 3
+
+
+def test_a_server_that_never_says_it_listens_is_stopped_at_the_deadline(tmp_path, monkeypatch):
+    silent = tmp_path / "python"
+    silent.write_text("#!/bin/sh\necho 'loading big_tipper' >&2\nexec sleep 600\n")
+    silent.chmod(0o755)
+    monkeypatch.setattr(benchmark.sys, "executable", str(silent))
+    started = []
+    real_popen = benchmark.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+    monkeypatch.setattr(benchmark.subprocess, "Popen", popen)
+    args = argparse.Namespace(model_base_path=str(tmp_path), model_name="big_tipper",
+                              enable_batching=False, batching_parameters_file=None)
+    with pytest.raises(SystemExit) as stopped:
+        benchmark.ServerProcess(args, version=1, seconds=2)
+    assert str(stopped.value) == "the server process did not start: no ready line after 2 s"
+    assert started and started[0].poll() is not None  # ended by its PID, not left running
