@@ -37,11 +37,13 @@ def test_the_floor_is_measured_on_the_raw_signature_only():
     assert floors == [(benchmark.RAW, 1), (benchmark.RAW, 32)]
 
 
-def test_a_floor_server_that_fails_to_start_says_why_and_leaves_nothing(tmp_path, monkeypatch):
-    broken = tmp_path / "python"
-    broken.write_text("#!/bin/sh\necho 'ImportError: No module named grpc' >&2\nexit 3\n")
-    broken.chmod(0o755)
-    monkeypatch.setattr(benchmark.sys, "executable", str(broken))
+def _children_of_a_fake_interpreter(tmp_path, monkeypatch, script: str) -> list:
+    """The benchmark's children run `script` (sh) instead of Python; returns the list that
+    collects each child the benchmark starts, to check it was ended."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    monkeypatch.setattr(benchmark.sys, "executable", str(fake))
     started = []
     real_popen = benchmark.subprocess.Popen
 
@@ -49,6 +51,12 @@ def test_a_floor_server_that_fails_to_start_says_why_and_leaves_nothing(tmp_path
         started.append(real_popen(*args, **kwargs))
         return started[-1]
     monkeypatch.setattr(benchmark.subprocess, "Popen", popen)
+    return started
+
+
+def test_a_floor_server_that_fails_to_start_says_why_and_leaves_nothing(tmp_path, monkeypatch):
+    started = _children_of_a_fake_interpreter(
+        tmp_path, monkeypatch, "echo 'ImportError: No module named grpc' >&2\nexit 3\n")
     with pytest.raises(SystemExit) as stopped:
         benchmark.FloorServer(seconds=30)
     assert str(stopped.value) == ("the gRPC floor server did not start: "
@@ -57,17 +65,8 @@ def test_a_floor_server_that_fails_to_start_says_why_and_leaves_nothing(tmp_path
 
 
 def test_a_server_that_never_says_it_listens_is_stopped_at_the_deadline(tmp_path, monkeypatch):
-    silent = tmp_path / "python"
-    silent.write_text("#!/bin/sh\necho 'loading big_tipper' >&2\nexec sleep 600\n")
-    silent.chmod(0o755)
-    monkeypatch.setattr(benchmark.sys, "executable", str(silent))
-    started = []
-    real_popen = benchmark.subprocess.Popen
-
-    def popen(*args, **kwargs):
-        started.append(real_popen(*args, **kwargs))
-        return started[-1]
-    monkeypatch.setattr(benchmark.subprocess, "Popen", popen)
+    started = _children_of_a_fake_interpreter(
+        tmp_path, monkeypatch, "echo 'loading big_tipper' >&2\nexec sleep 600\n")
     args = argparse.Namespace(model_base_path=str(tmp_path), model_name="big_tipper",
                               enable_batching=False, batching_parameters_file=None)
     with pytest.raises(SystemExit) as stopped:
