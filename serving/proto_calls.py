@@ -51,9 +51,6 @@ class ProtoCall:
         self._traced: Dict[int, Callable[[List], Dict[str, tf.Tensor]]] = {}
         self._lock = threading.Lock()
         self.executor = SINGLE_THREADED  # "" after a call only the default executor runs
-        from tensorflow.python.eager import context
-
-        self._device = context.context().device_name
 
     @classmethod
     def for_signature(cls, signature_call) -> Optional["ProtoCall"]:
@@ -70,41 +67,38 @@ class ProtoCall:
     def prepare(self, protos) -> Optional[Tuple[List[bytes], Optional[int], tuple]]:
         """A request's inputs (alias -> TensorProto, every alias of the signature) as
         (serialized protos in `aliases` order, rows, batch key), or None when an input's dtype
-        is not the signature's (the numpy path converts or refuses it). rows: the first
-        dimension every input declares, None when they differ or one has none (not
-        batchable); the key holds the inner dimensions of inputs whose spec leaves one open,
-        so only requests that concatenate are batched together."""
-        serialized, rows, key = [], None, []
+        is not the signature's (the numpy path converts or refuses it)."""
+        serialized, shapes = [], []
         for alias, dtype_enum, open_inner in zip(self.aliases, self.dtype_enums,
                                                  self._open_inner):
             proto = protos[alias]
             if proto.dtype != dtype_enum:
                 return None
             serialized.append(proto.SerializeToString())
-            if rows != -1:
-                dims = proto.tensor_shape.dim
-                first = dims[0].size if dims else -1
-                rows = first if rows is None or rows == first else -1
-                if open_inner:
-                    key.append(tuple(d.size for d in dims[1:]))
-        return serialized, (rows if rows is not None and rows > 0 else None), tuple(key)
+            dims = proto.tensor_shape.dim  # the inner sizes only where the key needs them
+            shapes.append(tuple(d.size for d in dims) if open_inner or not dims
+                          else (dims[0].size,))
+        return self._prepared(serialized, shapes)
 
     def prepare_arrays(self, arrays) -> Optional[Tuple[List[bytes], Optional[int], tuple]]:
         """`prepare` for a request that came as values (REST), already numpy arrays of the
         signature's dtypes (strings: object arrays of bytes); None if one is not."""
-        serialized, rows, key = [], None, []
-        for alias, dtype_enum, open_inner in zip(self.aliases, self.dtype_enums,
-                                                 self._open_inner):
-            array = arrays[alias]
-            proto = serialized_tensor_proto(array, dtype_enum)
-            if proto is None:
-                return None
-            serialized.append(proto)
-            first = array.shape[0] if array.ndim else -1
-            rows = first if rows is None or rows == first else -1
-            if open_inner:
-                key.append(array.shape[1:])
-        return serialized, (rows if rows is not None and rows > 0 else None), tuple(key)
+        serialized = [serialized_tensor_proto(arrays[alias], dtype_enum)
+                      for alias, dtype_enum in zip(self.aliases, self.dtype_enums)]
+        if None in serialized:
+            return None
+        return self._prepared(serialized, [arrays[alias].shape for alias in self.aliases])
+
+    def _prepared(self, serialized: List[bytes], shapes: List[tuple]
+                  ) -> Tuple[List[bytes], Optional[int], tuple]:
+        """rows: the first dimension every input has, None when they differ or one has none
+        (not batchable); the key holds the inner dimensions of inputs whose spec leaves one
+        open, so only requests that concatenate are batched together."""
+        firsts = {shape[0] if shape else -1 for shape in shapes}
+        rows = firsts.pop() if len(firsts) == 1 else None
+        key = tuple(shape[1:] for shape, open_inner in zip(shapes, self._open_inner)
+                    if open_inner)
+        return serialized, (rows if rows is not None and rows > 0 else None), key
 
     def run(self, requests: Sequence[List[bytes]]) -> Dict[str, np.ndarray]:
         """The signature's outputs, as numpy, for the requests' rows in order (each request:
@@ -113,8 +107,7 @@ class ProtoCall:
         for start in range(0, len(requests), MAX_TASKS_PER_CALL):
             chunk = requests[start:start + MAX_TASKS_PER_CALL]
             try:
-                protos = _string_tensor([proto for request in chunk for proto in request],
-                                        self._device)
+                protos = _protos_tensor([proto for request in chunk for proto in request])
                 answer = self._call(self._function(len(chunk)), protos)
                 outputs.append({alias: value.numpy() for alias, value in answer.items()})
             except (tf.errors.OpError, TypeError, ValueError) as error:
@@ -197,7 +190,10 @@ class ProtoCall:
         return lambda protos: call([protos] + captured)
 
 
-def _string_tensor(values: List[bytes], device: str) -> tf.Tensor:
+def _protos_tensor(values: List[bytes]) -> tf.Tensor:
+    """One string tensor on the calling thread's device, as tf.constant makes it, without
+    tf.constant's Python dispatch."""
+    from tensorflow.python.eager import context
     from tensorflow.python.framework import ops
 
-    return ops.EagerTensor(values, device, tf.string.as_datatype_enum)
+    return ops.EagerTensor(values, context.context().device_name, tf.string.as_datatype_enum)
