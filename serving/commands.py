@@ -60,6 +60,9 @@ def register(commands) -> None:
                        dest="grpc_channel_arguments", default="",
                        help="gRPC server arguments, as TF Serving's flag: "
                        "key=value[,key=value...], e.g. grpc.max_connection_age_ms=2000")
+    serve.add_argument("--grpc-max-threads", "--grpc_max_threads", dest="grpc_max_threads",
+                       type=int, default=None, metavar="N",
+                       help="gRPC handler threads (TF Serving's flag; default: 2 x the CPUs)")
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching",
                        type=_flag_bool, nargs="?", const=True, default=False,
                        metavar="true|false",
@@ -121,6 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise BadInput(f"--control-percent must be within [0, 100], got {args.control_percent}")
     if args.control_percent > 0 and not args.control_key:
         raise BadInput("--control-percent needs --control-key (a header or feature name)")
+    if args.grpc_max_threads is not None and args.grpc_max_threads < 1:
+        raise BadInput(f"--grpc_max_threads must be at least 1, got {args.grpc_max_threads}")
     if args.shadow and not 0.0 < args.shadow_sample <= 1.0:
         raise BadInput(f"--shadow-sample must be within (0, 1], got {args.shadow_sample}")
     config_file = None
@@ -171,7 +176,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               grpc_socket_path=args.grpc_socket_path,
                               grpc_channel_arguments=channel_arguments,
                               batching=batching, control_percent=args.control_percent,
-                              control_key=args.control_key)
+                              control_key=args.control_key,
+                              grpc_workers=args.grpc_max_threads)
     except OSError as error:
         where = f"{args.host}:{args.port}/{args.rest_api_port}" + \
             (f" or unix:{args.grpc_socket_path}" if args.grpc_socket_path else "")

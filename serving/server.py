@@ -58,14 +58,16 @@ def start_server(models: List[ModelSpecConfig], host: str = "127.0.0.1", grpc_po
                  grpc_socket_path: Optional[str] = None,
                  grpc_channel_arguments: Sequence[Tuple[str, Union[int, str]]] = (),
                  batching=None, control_percent: float = 0.0,
-                 control_key: Optional[str] = None) -> RunningServer:
+                 control_key: Optional[str] = None,
+                 grpc_workers: Optional[int] = None) -> RunningServer:
     """`config_file`: a ModelServerConfig re-read every poll (the release manifest); `models`
     serve until it exists. `shadow_sample`: score canary on this fraction of stable's requests.
     `request_log`: a serving/request_log.py RequestLogger. As TF Serving's flags:
     `method_name_check` --enable_signature_method_name_check (default off),
     `grpc_socket_path` --grpc_socket_path (gRPC on a Unix socket too),
     `grpc_channel_arguments` --grpc_channel_arguments (parse_grpc_channel_arguments),
-    `batching` --enable_batching with a serving/batching.py BatchingOptions (None: off).
+    `batching` --enable_batching with a serving/batching.py BatchingOptions (None: off),
+    `grpc_workers` --grpc_max_threads (gRPC handler threads; None: default_grpc_workers()).
     `control_percent`/`control_key`: a sticky share of unlabelled requests, by the sha256 of
     the request's unit key (a header or an input feature), goes to the `control` label."""
     from ctpipe.serving.core import Shadow
@@ -84,7 +86,7 @@ def start_server(models: List[ModelSpecConfig], host: str = "127.0.0.1", grpc_po
         metrics.add_gauges(lambda: _request_log_lines(request_log))
     try:
         grpc_server, bound_grpc = start_grpc(core, host, grpc_port, max_request_bytes,
-                                             socket_path=grpc_socket_path,
+                                             workers=grpc_workers, socket_path=grpc_socket_path,
                                              channel_arguments=grpc_channel_arguments)
     except (OSError, ValueError):
         registry.stop()

@@ -361,6 +361,55 @@ def test_grpc_rpcs_beyond_the_limit_are_resource_exhausted():
         server.stop(grace=0)
 
 
+class _CountingRegistry(_BlockingRegistry):
+    """Counts the status() calls running at once (each waits for `release`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def status(self, name, version=None, label=None):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return super().status(name, version, label)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_grpc_handler_threads_default_to_twice_the_cpus(monkeypatch):
+    """Without --grpc_max_threads a server on 1 CPU runs 2 handlers at once (the former fixed 8
+    ran 6 of these 6 RPCs at once); the RPCs beyond them wait for a thread instead of being
+    refused, as the concurrency limit is per thread (8 x 2)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    registry = _CountingRegistry()
+    server, port = start_grpc(ServingCore(registry), "127.0.0.1", 0, LIMIT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            calls = [stub.GetModelStatus.future(_status_request(), timeout=20)
+                     for _ in range(6)]
+            assert registry.entered.wait(10)
+            time.sleep(0.5)  # time for more handlers to enter, were there more threads
+            assert registry.most == 2
+            registry.release.set()
+            assert all(len(call.result().model_version_status) == 0 for call in calls)
+    finally:
+        registry.release.set()
+        server.stop(grace=0)
+
+
+def test_grpc_max_threads_below_one_is_a_usage_error(capsys):
+    from ctpipe.pipeline.commands.main import main
+
+    assert main(["serve", "--model-base-path", "/nonexistent", "--model-name", "m",
+                 "--grpc_max_threads", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--grpc_max_threads must be at least 1, got 0" in err
+
+
 def test_grpc_unexpected_errors_are_internal_not_unknown():
     core = ServingCore(_BlockingRegistry(error=RuntimeError("disk on fire")))
     server, port = start_grpc(core, "127.0.0.1", 0, LIMIT)
