@@ -320,6 +320,18 @@ def _ints(text: str) -> List[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM ends this process as Ctrl-C does, by an exception in the main thread, so the
+    `finally` blocks that stop its children by PID (servers, the floor) run. Python's default
+    for SIGTERM ends the process on the spot, and each child it started kept running: found
+    when a terminated benchmark left its `ctpipe serve` child listening."""
+    import signal
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     import warnings
     warnings.filterwarnings("ignore")
@@ -357,6 +369,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.serve_floor:
         serve_floor()
         return
+    exit_on_sigterm()
     if args.quick:
         args.requests, args.warmup = min(args.requests, 100), min(args.warmup, 3)
     if not args.model_base_path and not (args.grpc and args.rest):
@@ -448,6 +461,14 @@ class ServerProcess:
         self._listening = False  # set at the ready line: later lines are read and dropped
         lines: "queue.Queue[Optional[str]]" = queue.Queue()
         threading.Thread(target=self._drain, args=(lines,), daemon=True).start()
+        try:  # whatever ends the wait (its deadline, SIGTERM, Ctrl-C) ends the child too
+            self._wait_until_serving(args, version, lines, seconds)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_serving(self, args, version: int, lines: "queue.Queue[Optional[str]]",
+                            seconds: float) -> None:
         deadline, seen = time.monotonic() + seconds, []
         while not self.grpc_address:  # the server's "serving ...: gRPC .., REST .." line
             try:
@@ -463,15 +484,13 @@ class ServerProcess:
                 self.grpc_address, self.rest_url = found.group(1), found.group(2)
                 self._listening = True
         if not self.grpc_address:
-            self.stop()
-            why = seen[-1] if seen else f"exited with code {self.process.returncode}"
+            why = seen[-1] if seen else f"exited with code {self.process.wait(10)}"
             sys.exit(f"the server process did not start: {why}")
         from ctpipe.components.release import ReleaseError, rest_waiter
 
         try:
             rest_waiter(self.rest_url, seconds)(args.model_name, version)
         except ReleaseError as error:
-            self.stop()
             sys.exit(f"the server process never served: {error}")
 
     def _drain(self, lines: "queue.Queue[Optional[str]]") -> None:

@@ -1,6 +1,10 @@
 """serving/benchmark.py's gRPC floor: a server that answers at once, measured as ours is."""
 import argparse
+import os
+import signal
 import socket
+import subprocess
+import sys
 import types
 
 import pytest
@@ -73,3 +77,70 @@ def test_a_server_that_never_says_it_listens_is_stopped_at_the_deadline(tmp_path
         benchmark.ServerProcess(args, version=1, seconds=2)
     assert str(stopped.value) == "the server process did not start: no ready line after 2 s"
     assert started and started[0].poll() is not None  # ended by its PID, not left running
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_terminated_benchmark_ends_the_server_it_started(tmp_path):
+    """SIGTERM while the server child loads: the benchmark stops that child by its PID and
+    exits 143. Before, Python's default SIGTERM ended the benchmark alone and its `ctpipe
+    serve` child went on running (and listening, once loaded)."""
+    import tensorflow as tf
+
+    from tests.support import save_model_version, wait_until
+
+    class Half(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def predict(self, x):
+            return {"y": x / 2.0}
+
+    base = save_model_version(tmp_path / "model", Half())
+    pid_file = tmp_path / "server.pid"
+    fake = tmp_path / "python"  # the server child: says nothing, records its PID, sleeps
+    fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
+    fake.chmod(0o755)
+    driver = (f"import sys; from ctpipe.serving import benchmark; "
+              f"benchmark.sys.executable = {str(fake)!r}; "
+              f"benchmark.main(['--model-base-path', {str(base)!r}, '--targets', 'grpc'])")
+    bench = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        assert wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 120)
+        server = int(pid_file.read_text())
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(60) == 128 + signal.SIGTERM
+        assert not _alive(server)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        if server is not None and _alive(server):
+            os.kill(server, signal.SIGKILL)
+
+
+def test_a_stopped_pipeline_bench_stops_the_cycle_it_runs(tmp_path, monkeypatch):
+    """The pipeline bench's cycle child (measure.run_process) is stopped by its PID when the
+    bench is interrupted while it waits (SIGTERM arrives as SystemExit, exit_on_sigterm)."""
+    from ctpipe.pipeline.bench import measure
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    def stopped_while_waiting(pid, options):
+        raise SystemExit(143)
+    monkeypatch.setattr(measure.subprocess, "Popen", popen)
+    monkeypatch.setattr(measure.os, "wait4", stopped_while_waiting)
+    with pytest.raises(SystemExit):
+        measure.run_process("cycle", ["sleep", "600"], str(tmp_path / "cycle.log"))
+    assert started and started[0].poll() is not None

@@ -59,13 +59,21 @@ def serving_bench(work: str, model_base: str, quick: bool, mode: str = "serving"
                 handle.write(batching)
             argv += ["--batching-parameters-file", parameters]
     # stdout: the table and ratios (printed at the end); stderr: one progress line per cell
-    completed = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
-    if completed.returncode != 0 or not os.path.exists(out):
-        print(f"serving benchmark failed (exit {completed.returncode})", file=sys.stderr)
+    # (Popen, not subprocess.run: run SIGKILLs its child when this process is stopped, and the
+    # child's own server child would be left running; end_process asks it to stop first.)
+    from ctpipe.serving.benchmark import end_process
+
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        printed, _ = child.communicate()
+    finally:
+        end_process(child)
+    if child.returncode != 0 or not os.path.exists(out):
+        print(f"serving benchmark failed (exit {child.returncode})", file=sys.stderr)
         return None
     with open(out) as handle:
         result = json.load(handle)
-    result["markdown"] = completed.stdout.strip()
+    result["markdown"] = printed.strip()
     return result
 
 
@@ -102,6 +110,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--soak-keep-memory", action="store_true",
                         help="soak without giving memory back after each cycle (the before)")
     args = parser.parse_args(argv)
+    from ctpipe.serving.benchmark import exit_on_sigterm
+
+    exit_on_sigterm()  # children (cycles, servers, clusters) are then stopped by their PIDs
     if args.soak:
         return _soak(args)
 

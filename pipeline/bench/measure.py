@@ -38,7 +38,13 @@ def run_process(label: str, argv: List[str], log_path: str) -> CycleRun:
     started = time.monotonic()
     with open(log_path, "w") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:  # the bench is stopped: the cycle is stopped by its PID too
+            from ctpipe.serving.benchmark import end_process
+
+            end_process(process)
+            raise
     seconds = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     return CycleRun(label, round(seconds, 1), round(usage.ru_maxrss / 1024, 0),

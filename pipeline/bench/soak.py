@@ -88,6 +88,8 @@ def soak_process(sample_dir: str, work: str, cycles: int,
     import subprocess
     import sys
 
+    from ctpipe.serving.benchmark import end_process
+
     root = os.path.join(work, "soak-process")
     data_root, home = os.path.join(root, "data"), os.path.join(root, "home")
     make_spans(sample_dir, data_root, cycles, rows)
@@ -100,20 +102,25 @@ def soak_process(sample_dir: str, work: str, cycles: int,
     log_path = os.path.join(root, "watch.log")
     with open(log_path, "w") as log:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        for line in process.stdout:
-            if not line.startswith("{"):
-                log.write(line)
-                continue
-            decision = json.loads(line)
-            now = time.monotonic()
-            per_cycle.append({"cycle": len(per_cycle) + 1, "span": decision.get("span"),
-                              "outcome": decision.get("outcome"),
-                              "seconds": round(now - started, 1),
-                              "rss_mib": rss_mib(process.pid)})
-            started = now
-            print(f"soak (process): cycle {len(per_cycle)}/{cycles} span {decision.get('span')} "
-                  f"{decision.get('outcome')} {per_cycle[-1]['seconds']}s "
-                  f"RSS {per_cycle[-1]['rss_mib']} MiB", flush=True)
+        try:
+            for line in process.stdout:
+                if not line.startswith("{"):
+                    log.write(line)
+                    continue
+                decision = json.loads(line)
+                now = time.monotonic()
+                per_cycle.append({"cycle": len(per_cycle) + 1, "span": decision.get("span"),
+                                  "outcome": decision.get("outcome"),
+                                  "seconds": round(now - started, 1),
+                                  "rss_mib": rss_mib(process.pid)})
+                started = now
+                print(f"soak (process): cycle {len(per_cycle)}/{cycles} span "
+                      f"{decision.get('span')} {decision.get('outcome')} "
+                      f"{per_cycle[-1]['seconds']}s "
+                      f"RSS {per_cycle[-1]['rss_mib']} MiB", flush=True)
+        except BaseException:  # the bench stopped or failed: `watch` is stopped by its PID
+            end_process(process)
+            raise
         returncode = process.wait()
     with open(log_path) as log:  # watch says it (stderr) before each os.execv
         restarts = sum("watch: restarting" in line for line in log)
