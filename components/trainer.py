@@ -418,16 +418,62 @@ def _serving_state(model: tf_keras.Model) -> tf.Module:
     return state
 
 
+def serving_forward(model: tf_keras.Model):
+    """build_model's computation over the same layers and weights, with the per-feature
+    preprocessing done once for all features of a kind: what the exported signatures trace.
+
+    Why: a served call costs about 3 us per graph op whatever the batch (measured: a 150-op
+    elementwise chain on [32, 64] takes 450 us), and build_model spells the preprocessing
+    feature by feature - 9 ops for each of the 7 numeric features, 3 for each of the 6 integer
+    codes. Here the numeric features are standardised as one [batch, 7] tensor and the integer
+    codes become strings as one [batch, 6] tensor: the same element-wise ops on the same
+    float32 constants, so the outputs are the model's bit for bit (tests/test_trainer_forward.py),
+    with about 60 ops fewer. Training keeps build_model (its layers are what warm starts load);
+    nothing here owns a weight."""
+    numeric = list(F.NUMERIC_FEATURES)
+    integer_codes = list(F.CATEGORICAL_INT_FEATURES)
+    standardize = [model.get_layer(f"standardize_{name}") for name in numeric]
+    means = tf.constant([layer.mean for layer in standardize], tf.float32)
+    stds = tf.constant([layer.std for layer in standardize], tf.float32)
+    categories = [(name, model.get_layer(f"index_{name}").lookup,
+                   model.get_layer(f"embed_{name}")) for name in F.categorical_features()]
+    dense_layers = [layer for layer in model.layers
+                    if isinstance(layer, tf_keras.layers.Dense)]
+
+    def forward(features: Dict[str, tf.Tensor]) -> tf.Tensor:
+        values = tf.stack([features[name] for name in numeric], axis=1)
+        missing = tf.math.is_nan(values)
+        z = tf.clip_by_value((values - means) / stds, -Z_CLIP, Z_CLIP)
+        z = tf.where(missing, tf.zeros_like(z), z)
+        # [z, missing] per feature, feature after feature: Standardize's columns, concatenated
+        encoded = [tf.reshape(tf.stack([z, tf.cast(missing, tf.float32)], axis=2),
+                              [-1, 2 * len(numeric)])]
+        codes = tf.stack([features[name] for name in integer_codes], axis=1)
+        as_text = tf.where(codes == F.MISSING_INT, tf.constant(F.MISSING_STRING),
+                           tf.strings.as_string(codes))
+        text = dict(zip(integer_codes, tf.unstack(as_text, num=len(integer_codes), axis=1)))
+        for name, lookup, embed in categories:
+            encoded.append(embed(lookup(text[name] if name in text else features[name])))
+        hidden = tf.concat(encoded, axis=1)
+        for layer in dense_layers:
+            hidden = layer(hidden)
+        return hidden
+    return forward
+
+
 def serving_signatures(model: tf_keras.Model) -> Dict[str, Any]:
-    """The three exported signatures (see the module docstring) as concrete functions."""
+    """The three exported signatures (see the module docstring) as concrete functions, over
+    serving_forward (the model's outputs with fewer ops)."""
+    forward = serving_forward(model)
+
     def serve_examples(examples):
-        return {"probabilities": model(dense_features_from_examples(examples))}
+        return {"probabilities": forward(dense_features_from_examples(examples))}
 
     def serve_raw(features):
-        return {"probabilities": model(features)}
+        return {"probabilities": forward(features)}
 
     def classify_examples(inputs):
-        probability = model(dense_features_from_examples(inputs))
+        probability = forward(dense_features_from_examples(inputs))
         scores = tf.concat([1.0 - probability, probability], axis=1)
         classes = tf.tile(tf.constant([["0", "1"]]), tf.stack([tf.shape(inputs)[0], 1]))
         return {"classes": classes, "scores": scores}
