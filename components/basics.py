@@ -1,5 +1,6 @@
 """Small facts every layer shares, in their one place: the process exit codes, the one-line
-error text a person reads, replacing a file whole, and an exclusive file lock.
+error text a person reads, replacing a file whole, an exclusive file lock, and ending the
+child processes a command started.
 
 Why here: `components/` is the lowest layer (the pipeline, the server and the Kubeflow steps
 all import it, it imports none of them), so a helper defined here has exactly one home.
@@ -10,6 +11,8 @@ import contextlib
 import enum
 import fcntl
 import os
+import signal
+import subprocess
 import tempfile
 import time
 from typing import Callable, Iterator, Optional
@@ -105,3 +108,27 @@ def file_lock(path: str, wait_seconds: Optional[float] = None,
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def end_process(process: subprocess.Popen, seconds: float = 30.0) -> None:
+    """Terminate a child a command started (a server, a cycle, a benchmark), by its PID; kill
+    it if it outlives `seconds`. Nothing when it has already ended."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends this process as Ctrl-C does, by an exception in the main thread, so the
+    `finally` blocks that stop its children by PID (servers, cycles, clusters) run; exit code
+    143 (128 + SIGTERM), as a process ended by the signal reports in a shell. Python's default
+    for SIGTERM ends the process on the spot, and each child it started kept running: found
+    when a terminated benchmark left its `ctpipe serve` child listening."""
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)

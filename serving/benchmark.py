@@ -44,6 +44,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from ctpipe.components.basics import end_process, exit_on_sigterm
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROW = {"fare": [12.5], "trip_miles": [2.0], "trip_seconds": [600.0], "pickup_latitude": [41.9],
@@ -320,18 +322,6 @@ def _ints(text: str) -> List[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def exit_on_sigterm() -> None:
-    """SIGTERM ends this process as Ctrl-C does, by an exception in the main thread, so the
-    `finally` blocks that stop its children by PID (servers, the floor) run. Python's default
-    for SIGTERM ends the process on the spot, and each child it started kept running: found
-    when a terminated benchmark left its `ctpipe serve` child listening."""
-    import signal
-
-    def stop(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     import warnings
     warnings.filterwarnings("ignore")
@@ -504,17 +494,6 @@ class ServerProcess:
 
     def stop(self) -> None:
         end_process(self.process)
-
-
-def end_process(process: subprocess.Popen, seconds: float = 30.0) -> None:
-    """Terminate a child this benchmark started, by its PID; kill it if it outlives `seconds`."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def serve_floor() -> None:

@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
+from ctpipe.components.basics import end_process, exit_on_sigterm
 from ctpipe.pipeline.bench.targets import SERVING_MODES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -61,8 +62,6 @@ def serving_bench(work: str, model_base: str, quick: bool, mode: str = "serving"
     # stdout: the table and ratios (printed at the end); stderr: one progress line per cell
     # (Popen, not subprocess.run: run SIGKILLs its child when this process is stopped, and the
     # child's own server child would be left running; end_process asks it to stop first.)
-    from ctpipe.serving.benchmark import end_process
-
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         printed, _ = child.communicate()
@@ -110,8 +109,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--soak-keep-memory", action="store_true",
                         help="soak without giving memory back after each cycle (the before)")
     args = parser.parse_args(argv)
-    from ctpipe.serving.benchmark import exit_on_sigterm
-
     exit_on_sigterm()  # children (cycles, servers, clusters) are then stopped by their PIDs
     if args.soak:
         return _soak(args)

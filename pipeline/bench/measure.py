@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from ctpipe.components.basics import ExitCode
+from ctpipe.components.basics import ExitCode, end_process
 
 
 @dataclasses.dataclass
@@ -41,8 +41,6 @@ def run_process(label: str, argv: List[str], log_path: str) -> CycleRun:
         try:
             _, status, usage = os.wait4(process.pid, 0)
         except BaseException:  # the bench is stopped: the cycle is stopped by its PID too
-            from ctpipe.serving.benchmark import end_process
-
             end_process(process)
             raise
     seconds = time.monotonic() - started

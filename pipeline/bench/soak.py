@@ -12,6 +12,7 @@ import os
 import time
 from typing import Dict, List
 
+from ctpipe.components.basics import end_process
 from ctpipe.pipeline.bench.scaling import scaled_span
 from ctpipe.pipeline.config import PipelineConfig
 from ctpipe.pipeline.run.memory import rss_mib
@@ -88,7 +89,6 @@ def soak_process(sample_dir: str, work: str, cycles: int,
     import subprocess
     import sys
 
-    from ctpipe.serving.benchmark import end_process
 
     root = os.path.join(work, "soak-process")
     data_root, home = os.path.join(root, "data"), os.path.join(root, "home")
