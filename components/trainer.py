@@ -427,9 +427,11 @@ def serving_forward(model: tf_keras.Model):
     feature by feature - 9 ops for each of the 7 numeric features, 3 for each of the 6 integer
     codes. Here the numeric features are standardised as one [batch, 7] tensor and the integer
     codes become strings as one [batch, 6] tensor: the same element-wise ops on the same
-    float32 constants, so the outputs are the model's bit for bit (tests/test_trainer_forward.py),
-    with about 60 ops fewer. Training keeps build_model (its layers are what warm starts load);
-    nothing here owns a weight."""
+    float32 constants, so the outputs are the model's bit for bit when both run op by op, and
+    within float32 rounding once traced (grappler rewrites each graph its own way, as it does the
+    model traced alone; tests/test_trainer_forward.py), with 100 of serving_raw's 172 graph
+    nodes gone. Training keeps build_model (its layers are what warm starts load); nothing
+    here owns a weight."""
     numeric = list(F.NUMERIC_FEATURES)
     integer_codes = list(F.CATEGORICAL_INT_FEATURES)
     standardize = [model.get_layer(f"standardize_{name}") for name in numeric]

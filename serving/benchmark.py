@@ -474,7 +474,9 @@ class ServerProcess:
                 self.grpc_address, self.rest_url = found.group(1), found.group(2)
                 self._listening = True
         if not self.grpc_address:
-            why = seen[-1] if seen else f"exited with code {self.process.wait(10)}"
+            code = self.process.poll()
+            why = seen[-1] if seen else ("closed its stderr without a ready line" if code is None
+                                         else f"exited with code {code}")
             sys.exit(f"the server process did not start: {why}")
         from ctpipe.components.release import ReleaseError, rest_waiter
 

@@ -45,7 +45,7 @@ DEFAULT_RPCS_PER_WORKER = 8
 
 
 def default_grpc_workers() -> int:
-    """Handler threads when --grpc_max_threads is not given: twice the CPUs.
+    """Handler threads when --grpc_max_threads is not given: twice the schedulable CPUs.
 
     Why not TF Serving's 4 x the CPUs (or our former fixed 8): each handler here runs Python
     (the GIL) and its own TF call, so threads beyond what the CPUs can run only queue for the
@@ -55,7 +55,16 @@ def default_grpc_workers() -> int:
     834-1,025 and 959-1,025; 2 and 3 threads sat between (2 could not keep both cores busy).
     The concurrency limit is per thread (DEFAULT_RPCS_PER_WORKER), so 2 CPUs still take 32
     RPCs at once, as the former 8 x 4 did."""
-    return max(2, 2 * (os.cpu_count() or 1))
+    return max(2, 2 * schedulable_cpus())
+
+
+def schedulable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a pod's cpuset, taskset), as TF Serving's
+    NumSchedulableCPUs reads them; the machine's count where affinity is unknown."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _spec(request) -> Tuple[str, Optional[int], Optional[str]]:

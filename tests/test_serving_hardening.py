@@ -380,10 +380,12 @@ class _CountingRegistry(_BlockingRegistry):
 
 
 def test_grpc_handler_threads_default_to_twice_the_cpus(monkeypatch):
-    """Without --grpc_max_threads a server on 1 CPU runs 2 handlers at once (the former fixed 8
-    ran 6 of these 6 RPCs at once); the RPCs beyond them wait for a thread instead of being
-    refused, as the concurrency limit is per thread (8 x 2)."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    """Without --grpc_max_threads a server that may run on 1 of the machine's 4 CPUs runs 2
+    handlers at once (the former fixed 8, or 2 x the machine's CPUs, ran 6 of these 6 RPCs at
+    once); the RPCs beyond them wait for a thread instead of being refused, as the concurrency
+    limit is per thread (8 x 2)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # one schedulable CPU
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # of a bigger machine
     registry = _CountingRegistry()
     server, port = start_grpc(ServingCore(registry), "127.0.0.1", 0, LIMIT)
     try:
@@ -391,7 +393,7 @@ def test_grpc_handler_threads_default_to_twice_the_cpus(monkeypatch):
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             calls = [stub.GetModelStatus.future(_status_request(), timeout=20)
                      for _ in range(6)]
-            assert registry.entered.wait(10)
+            assert wait_until(lambda: registry.most >= 2, 10)
             time.sleep(0.5)  # time for more handlers to enter, were there more threads
             assert registry.most == 2
             registry.release.set()
