@@ -277,10 +277,17 @@ class Standardize(tf_keras.layers.Layer):
         self.mean, self.std = mean, std
 
     def call(self, values):
-        missing = tf.math.is_nan(values)
-        z = tf.clip_by_value((values - self.mean) / self.std, -Z_CLIP, Z_CLIP)
-        z = tf.where(missing, tf.zeros_like(z), z)
-        return tf.stack([z, tf.cast(missing, tf.float32)], axis=1)
+        return standardized(values, self.mean, self.std)
+
+
+def standardized(values: tf.Tensor, mean, std) -> tf.Tensor:
+    """[..., 2]: (values - mean) / std clipped to +-Z_CLIP (0 where NaN) and the 0/1 missing
+    flag; `mean`/`std` broadcast over the last axis (one feature's scalars, or one per column
+    of a [batch, features] tensor in serving_forward)."""
+    missing = tf.math.is_nan(values)
+    z = tf.clip_by_value((values - mean) / std, -Z_CLIP, Z_CLIP)
+    z = tf.where(missing, tf.zeros_like(z), z)
+    return tf.stack([z, tf.cast(missing, tf.float32)], axis=-1)
 
 
 class CategoryIndex(tf_keras.layers.Layer):
@@ -291,10 +298,13 @@ class CategoryIndex(tf_keras.layers.Layer):
         self.lookup = tf_keras.layers.StringLookup(vocabulary=vocabulary, num_oov_indices=1)
 
     def call(self, values):
-        if values.dtype != tf.string:
-            values = tf.where(values == F.MISSING_INT, tf.constant(F.MISSING_STRING),
-                              tf.strings.as_string(values))
-        return self.lookup(values)
+        return self.lookup(values if values.dtype == tf.string else code_text(values))
+
+
+def code_text(codes: tf.Tensor) -> tf.Tensor:
+    """Integer category codes as the strings the vocabularies hold; MISSING_INT -> ""."""
+    return tf.where(codes == F.MISSING_INT, tf.constant(F.MISSING_STRING),
+                    tf.strings.as_string(codes))
 
 
 def build_model(state: Dict[str, Any], hparams: Dict[str, Any]) -> tf_keras.Model:
@@ -444,15 +454,9 @@ def serving_forward(model: tf_keras.Model):
 
     def forward(features: Dict[str, tf.Tensor]) -> tf.Tensor:
         values = tf.stack([features[name] for name in numeric], axis=1)
-        missing = tf.math.is_nan(values)
-        z = tf.clip_by_value((values - means) / stds, -Z_CLIP, Z_CLIP)
-        z = tf.where(missing, tf.zeros_like(z), z)
         # [z, missing] per feature, feature after feature: Standardize's columns, concatenated
-        encoded = [tf.reshape(tf.stack([z, tf.cast(missing, tf.float32)], axis=2),
-                              [-1, 2 * len(numeric)])]
-        codes = tf.stack([features[name] for name in integer_codes], axis=1)
-        as_text = tf.where(codes == F.MISSING_INT, tf.constant(F.MISSING_STRING),
-                           tf.strings.as_string(codes))
+        encoded = [tf.reshape(standardized(values, means, stds), [-1, 2 * len(numeric)])]
+        as_text = code_text(tf.stack([features[name] for name in integer_codes], axis=1))
         text = dict(zip(integer_codes, tf.unstack(as_text, num=len(integer_codes), axis=1)))
         for name, lookup, embed in categories:
             encoded.append(embed(lookup(text[name] if name in text else features[name])))

@@ -89,7 +89,6 @@ def soak_process(sample_dir: str, work: str, cycles: int,
     import subprocess
     import sys
 
-
     root = os.path.join(work, "soak-process")
     data_root, home = os.path.join(root, "data"), os.path.join(root, "home")
     make_spans(sample_dir, data_root, cycles, rows)
