@@ -26,6 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context
+from tensorflow.python.framework import ops
 
 from ctpipe.serving.tensor_protos import serialized_tensor_proto
 
@@ -193,7 +195,4 @@ class ProtoCall:
 def _protos_tensor(values: List[bytes]) -> tf.Tensor:
     """One string tensor on the calling thread's device, as tf.constant makes it, without
     tf.constant's Python dispatch."""
-    from tensorflow.python.eager import context
-    from tensorflow.python.framework import ops
-
     return ops.EagerTensor(values, context.context().device_name, tf.string.as_datatype_enum)
