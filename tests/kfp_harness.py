@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 import types
@@ -535,8 +536,29 @@ class KfpHarness:
         env = dict(os.environ, CTPIPE_MLMD_SQLITE=self.mlmd_path, TF_CPP_MIN_LOG_LEVEL="3",
                    TMPDIR=str(self.temp_dir), HOME=str(self.root / "home"), **self.env)
         env.pop("PYTHONPATH", None)
-        done = subprocess.run(command + args, cwd=self.root / "work", env=env, user=self.user,
-                              capture_output=True, text=True, timeout=self.timeout)
+        # PYTHONFAULTHANDLER: a step killed at the deadline first prints every thread's stack.
+        env["PYTHONFAULTHANDLER"] = "1"
+        step = subprocess.Popen(command + args, cwd=self.root / "work", env=env,
+                                user=self.user, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            stdout, stderr = step.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            # A hung step fails with what it printed and where each thread stood (SIGABRT:
+            # faulthandler's dump), so the caller sees where it stopped; the deadline stands in
+            # for a pod's activeDeadlineSeconds (KFP sets none by default: there, a hung pod
+            # waits forever).
+            step.send_signal(signal.SIGABRT)
+            try:
+                stdout, stderr = step.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                step.kill()
+                stdout, stderr = step.communicate()
+            result.logs[name] = (f"harness: stopped after {self.timeout} s\n"
+                                 + stdout + stderr)[-12000:]
+            self.metadata.publish_execution(execution, contexts, pb.Execution.FAILED, {}, {})
+            return FAILED
+        done = subprocess.CompletedProcess(step.args, step.returncode, stdout, stderr)
         result.logs[name] = (done.stdout + done.stderr)[-4000:]
         if done.returncode != 0:
             self.metadata.publish_execution(execution, contexts, pb.Execution.FAILED, {}, {})

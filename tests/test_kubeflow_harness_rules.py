@@ -204,3 +204,28 @@ def test_the_entrypoint_drops_marked_inputs_only():
     argv = rewrite_argv(["--executor_class_path", "E", "--json_serialized_invocation_args",
                          json.dumps(executor_input), "--beam"])
     assert json.loads(argv[3]) == stripped and argv[-1] == "--beam"
+
+
+def test_a_step_past_its_deadline_fails_with_its_output_and_stacks(tmp_path):
+    """A hung step is stopped at the harness's deadline and fails (its execution FAILED, the
+    next task not run) with what it printed and faulthandler's dump of where it waited,
+    instead of a TimeoutExpired that loses both."""
+    hang = "import time; print('reading span', flush=True); time.sleep(600)"
+    spec = _spec({"a": {"componentRef": {"name": "a"}, "taskInfo": {"name": "a"}},
+                  "b": {"componentRef": {"name": "b"}, "taskInfo": {"name": "b"},
+                        "dependentTasks": ["a"]}},
+                 {"a": _component(), "b": _component()})
+    spec["deploymentSpec"]["executors"]["a_executor"]["container"]["command"] = [
+        "python", "-c", hang]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    harness = kfp.KfpHarness(path, tmp_path / "kfp", sys.executable, mounts={}, run_as=None,
+                             timeout=3)
+    run = harness.run()
+    assert run.states == {"a": kfp.FAILED, "b": kfp.OMITTED}
+    assert run.logs["a"].startswith("harness: stopped after 3 s")
+    assert "reading span" in run.logs["a"]
+    assert 'File "<string>", line 1 in <module>' in run.logs["a"]  # where it slept
+    states = {e.custom_properties["task_name"].string_value: e.last_known_state
+              for e in harness.store.get_executions()}
+    assert states["a"] == pb.Execution.FAILED and "b" not in states
