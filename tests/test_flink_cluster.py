@@ -96,6 +96,9 @@ def test_a_beam_job_finishes_on_flink_with_parallelism_2(cluster):
     assert [job["state"] for job in jobs] == ["FINISHED"]
     vertices = flink_local.rest(running.ports, f"/jobs/{jobs[0]['jid']}")["vertices"]
     assert vertices and {vertex["parallelism"] for vertex in vertices} == {2}
+    # Blocking exchanges (FLINK-10672), as Flink ran the job, not only as we asked
+    config = flink_local.rest(running.ports, f"/jobs/{jobs[0]['jid']}/config")
+    assert config["execution-config"]["execution-mode"] == "BATCH_FORCED"
 
 
 def test_a_stopped_job_server_fails_at_once_naming_flink(cluster):

@@ -190,6 +190,7 @@ def test_image_and_distributed_beam_args_are_carried(compiled):
     for name in ("StatisticsGen_executor", "Evaluator_executor", "CsvExampleGen_executor"):
         args = spec["pipelineSpec"]["deploymentSpec"]["executors"][name]["container"]["args"]
         assert "--runner=PortableRunner" in args and "--job_endpoint=flink-jobserver:8099" in args
+        assert "--execution_mode_for_batch=BATCH_FORCED" in args  # FLINK-10672
 
 
 def test_data_root_is_a_runtime_parameter(compiled):

@@ -87,6 +87,8 @@ def flink_kfp_run(wheel_venv):
         for job in jobs:
             vertices = flink_local.rest(cluster.ports, f"/jobs/{job['jid']}")["vertices"]
             job["parallelisms"] = sorted({vertex["parallelism"] for vertex in vertices})
+            job["execution_mode"] = flink_local.rest(
+                cluster.ports, f"/jobs/{job['jid']}/config")["execution-config"]["execution-mode"]
         decisions = {d.run_id: d for d in outcomes.history(harness.store, "ctpipe")}
         yield {"run": run, "jobs": jobs, "decision": decisions.get(run.run_id),
                "windows": _task_windows(harness.store, run.run_id), "beam_args": beam_args,
@@ -138,6 +140,7 @@ def test_the_steps_used_flink_local_toml_args_unchanged_but_for_ports(flink_kfp_
     args = flink_kfp_run["beam_args"]
     assert "--runner=PortableRunner" in args and "--environment_type=EXTERNAL" in args
     assert "--parallelism=2" in args
+    assert "--execution_mode_for_batch=BATCH_FORCED" in args
 
 
 def test_a_first_scheduled_run_on_flink_pushes(flink_kfp_run):
@@ -153,6 +156,8 @@ def test_each_beam_step_ran_as_one_finished_flink_job_at_parallelism_2(flink_kfp
     jobs, windows = flink_kfp_run["jobs"], flink_kfp_run["windows"]
     assert jobs and {job["state"] for job in jobs} == {"FINISHED"}, jobs
     assert all(job["parallelisms"] == [2] for job in jobs), jobs
+    # blocking exchanges: Beam's default PIPELINED can block a job forever (FLINK-10672)
+    assert {job["execution_mode"] for job in jobs} == {"BATCH_FORCED"}, jobs
     claimed = []
     for step in BEAM_STEPS:
         start, end = windows[step]
