@@ -50,7 +50,7 @@ class ProtoCall:
         self.dtype_enums = [dtype.as_datatype_enum for _, dtype, _ in specs]
         self._specs = list(specs)
         self._open_inner = [dims is None or None in dims[1:] for _, _, dims in specs]
-        self._traced: Dict[int, "_TracedCall"] = {}
+        self._traced: Dict[int, "FlatCall"] = {}
         self._lock = threading.Lock()
         self.executor = SINGLE_THREADED  # "" after a call only the default executor runs
 
@@ -119,18 +119,18 @@ class ProtoCall:
         return {alias: np.concatenate([part[alias] for part in outputs])
                 for alias in outputs[0]}
 
-    def _call(self, function: "_TracedCall", protos: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def _call(self, function: "FlatCall", protos: tf.Tensor) -> Dict[str, tf.Tensor]:
         """The call on TF's single-threaded executor: requests already run in parallel, and
         on big_tipper it costs 25-35% less CPU than the default executor (which hands ops to
         its inter-op threads). A function that fails there and runs on the default executor
         stays on the default executor from then on."""
         executor = self.executor
         if not executor:
-            return function(protos, "")
+            return function([protos])
         try:
-            return function(protos, executor)
+            return function([protos], executor)
         except tf.errors.OpError:
-            answer = function(protos, "")  # raises again if the request is what failed
+            answer = function([protos])  # raises again if the request is what failed
             self.executor = ""
             return answer
 
@@ -159,7 +159,7 @@ class ProtoCall:
             request.append(tf.make_tensor_proto(value, dtype).SerializeToString())
         return request
 
-    def _function(self, count: int) -> "_TracedCall":
+    def _function(self, count: int) -> "FlatCall":
         traced = self._traced.get(count)
         if traced is None:
             with self._lock:
@@ -169,7 +169,7 @@ class ProtoCall:
                     self._traced[count] = traced
         return traced
 
-    def _trace(self, count: int) -> "_TracedCall":
+    def _trace(self, count: int) -> "FlatCall":
         specs, signature = self._specs, self.function
         per_request = len(specs)
 
@@ -186,35 +186,45 @@ class ProtoCall:
 
         traced = tf.function(parse_and_call, autograph=False).get_concrete_function(
             tf.TensorSpec([count * per_request], tf.string))
-        return _TracedCall(traced)
+        return FlatCall(traced)
 
 
-class _TracedCall:
-    """A traced parse-and-call function run as one eager op, with its attributes built once.
+class FlatCall:
+    """A ConcreteFunction whose outputs are a flat dict of tensors (a signature, or the proto
+    path's parse-and-call), run as one eager op with its attributes built once.
 
     Why: calling the ConcreteFunction goes through TF's Python call layers on every request
     (argument binding, three context managers, the executor-type scope, the attribute
     tuple, output packing), ~15% of the proto path's own CPU on big_tipper; this issues the
     same op - the function by name, its captured variables appended, the same `executor_type`
     and `config_proto` attributes that layer would pass - through TF's `quick_execute`,
-    which raises the same tf.errors. Outputs: the signature's dict, whose flat order is its
-    sorted keys (tf.nest's order for a dict)."""
+    which raises the same tf.errors. Outputs: the dict, whose flat order is its sorted keys
+    (tf.nest's order for a dict). `FlatCall.fits(function)` says whether a function is one."""
 
-    def __init__(self, traced):
+    def __init__(self, function):
         # Held: when the ConcreteFunction is collected, TF removes its function from the
         # runtime (AtomicFunction.__del__) and a call by name would find nothing.
-        self._traced = traced
-        atomic = traced._inference_function
+        self._function = function
+        atomic = function._inference_function
         name = atomic.name
         self._name = name.decode() if isinstance(name, bytes) else name
-        self._captured = list(traced.captured_inputs)
-        self._keys = sorted(traced.structured_outputs)
+        self._captured = list(function.captured_inputs)
+        self._keys = sorted(function.structured_outputs)
         self._count = len(atomic.function_type.flat_outputs)
         self._config = context.context().function_call_options.as_attrs()["config_proto"]
 
-    def __call__(self, protos: tf.Tensor, executor: str) -> Dict[str, tf.Tensor]:
+    @staticmethod
+    def fits(function) -> bool:
+        """A dict of dense tensors out (as every signature returns; a loaded one describes
+        them as TensorSpecs), one flat output each."""
+        outputs = function.structured_outputs
+        return isinstance(outputs, dict) and \
+            all(isinstance(value, (tf.Tensor, tf.TensorSpec)) for value in outputs.values()) and \
+            len(function._inference_function.function_type.flat_outputs) == len(outputs)
+
+    def __call__(self, inputs: List[tf.Tensor], executor: str = "") -> Dict[str, tf.Tensor]:
         attrs = ("executor_type", executor, "config_proto", self._config)
-        flat = execute.quick_execute(self._name, self._count, [protos] + self._captured,
+        flat = execute.quick_execute(self._name, self._count, inputs + self._captured,
                                      attrs, context.context())
         return dict(zip(self._keys, flat))
 

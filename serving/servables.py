@@ -41,7 +41,7 @@ from ctpipe.components.signatures import (
 )
 from ctpipe.serving.batching import Batcher, ProtoBatcher
 from ctpipe.serving.errors import ServingError
-from ctpipe.serving.proto_calls import MAX_TASKS_PER_CALL, ProtoCall, ProtoPathRefused
+from ctpipe.serving.proto_calls import MAX_TASKS_PER_CALL, FlatCall, ProtoCall, ProtoPathRefused
 from ctpipe.serving.tensor_protos import RequestInputs, bytes_array
 
 
@@ -176,9 +176,10 @@ class _SignatureCall:
             return None  # a capture resolved at call time: cannot be taken once
         captured = list(function.captured_inputs)
         if len(function.inputs) != len(specs) + len(captured) or \
-                not all(isinstance(c, tf.Tensor) for c in captured):
+                not all(isinstance(c, tf.Tensor) for c in captured) or \
+                not FlatCall.fits(function):
             return None
-        return specs, captured, function._inference_function.call_preflattened
+        return specs, FlatCall(function)
 
     @property
     def fast(self) -> bool:
@@ -187,14 +188,14 @@ class _SignatureCall:
     def __call__(self, tensors: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         if self._flat is None or len(tensors) != len(self._flat[0]):
             return self.function(**tensors)
-        specs, captured, call = self._flat
+        specs, call = self._flat
         flat = []
         for name, dtype, dims in specs:
             tensor = tensors.get(name)
             if tensor is None or tensor.dtype != dtype or not _fits(tensor, dims):
                 return self.function(**tensors)
             flat.append(tensor)
-        return call(flat + captured)
+        return call(flat)
 
 
 def _fits(tensor: tf.Tensor, dims) -> bool:
