@@ -99,17 +99,24 @@ class _SocketReader:
 
 
 class _SocketWriter:
-    """wfile: every write is a sendall (bounded by the socket's timeout)."""
+    """wfile: writes collect until flush(), which sends them as one sendall (bounded by the
+    socket's timeout). Why: a response went out as two sends, headers then body, and each send
+    drops and retakes the GIL - with 8 connections' threads contending for it, every retake
+    can wait. send_body and the 100 Continue flush; http.server flushes after each request."""
 
     def __init__(self, sock: socket.socket):
         self._sock = sock
+        self._pending: list = []
 
     def write(self, data: bytes) -> int:
-        self._sock.sendall(data)
+        self._pending.append(bytes(data))
         return len(data)
 
     def flush(self) -> None:
-        pass
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._sock.sendall(data)
 
 
 def _drain(sock: socket.socket) -> None:
@@ -215,6 +222,7 @@ class BoundedHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+        self.wfile.flush()  # headers and body in one send
 
     def send_serving_error(self, error: ServingError) -> None:
         self.send_body(error.http, {"error": error.message})
@@ -240,7 +248,9 @@ class BoundedHandler(http.server.BaseHTTPRequestHandler):
             except ServingError as error:
                 self.send_serving_error(error)
                 return False
-        return super().handle_expect_100()
+        go_on = super().handle_expect_100()
+        self.wfile.flush()  # the client waits for the 100 before it sends the body
+        return go_on
 
     # -- request bodies --------------------------------------------------------------------
     def refuse_body(self, error: ServingError) -> ServingError:
