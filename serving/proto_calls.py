@@ -195,7 +195,7 @@ class FlatCall:
 
     Why: calling the ConcreteFunction goes through TF's Python call layers on every request
     (argument binding, three context managers, the executor-type scope, the attribute
-    tuple, output packing), ~15% of the proto path's own CPU on big_tipper; this issues the
+    tuple, output packing), a fifth of the gRPC handler's CPU on big_tipper; this issues the
     same op - the function by name, its captured variables appended, the same `executor_type`
     and `config_proto` attributes that layer would pass - through TF's `quick_execute`,
     which raises the same tf.errors. Outputs: the dict, whose flat order is its sorted keys

@@ -165,14 +165,20 @@ def test_expect_100_continue_over_the_limit_is_refused_before_the_body(server):
     assert code == 413 and "exceeds" in json.loads(body)["error"]
 
 
-def test_expect_100_continue_within_the_limit_goes_on(server):
+def _predict_after_100_continue(sock: socket.socket):
+    """A predict sent with Expect: 100-continue, its body only after the 100: (code, body)."""
     body = json.dumps({"instances": [2.0]}).encode()
+    sock.sendall(f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+                 "\r\nExpect: 100-continue\r\n\r\n".encode())
+    assert sock.recv(100).startswith(b"HTTP/1.1 100")
+    sock.sendall(body)
+    code, _, reply = _read_response(sock)
+    return code, reply
+
+
+def test_expect_100_continue_within_the_limit_goes_on(server):
     with _connect(server.rest_port) as sock:
-        sock.sendall(f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
-                     "\r\nExpect: 100-continue\r\n\r\n".encode())
-        assert sock.recv(100).startswith(b"HTTP/1.1 100")
-        sock.sendall(body)
-        code, _, reply = _read_response(sock)
+        code, reply = _predict_after_100_continue(sock)
     assert code == 200 and json.loads(reply) == {"predictions": [3.0]}
 
 
@@ -194,13 +200,8 @@ def test_each_response_leaves_in_one_send_headers_and_body(server, monkeypatch):
     original = http_transport._SocketWriter.__init__
     monkeypatch.setattr(http_transport._SocketWriter, "__init__", lambda self, sock: original(
         self, _RecordingSocket(sock, sends)))
-    body = json.dumps({"instances": [2.0]}).encode()
     with _connect(server.rest_port) as sock:
-        sock.sendall(f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
-                     "\r\nExpect: 100-continue\r\n\r\n".encode())
-        assert sock.recv(100).startswith(b"HTTP/1.1 100")
-        sock.sendall(body)
-        code, _, reply = _read_response(sock)
+        code, reply = _predict_after_100_continue(sock)
         sock.sendall(b"GET /v1/models/nosuchmodel HTTP/1.1\r\nHost: x\r\n\r\n")
         missing, _, _ = _read_response(sock)
     assert (code, missing) == (200, 404)
