@@ -198,8 +198,12 @@ class FlatCall:
     tuple, output packing), a fifth of the gRPC handler's CPU on big_tipper; this issues the
     same op - the function by name, its captured variables appended, the same `executor_type`
     and `config_proto` attributes that layer would pass - through TF's `quick_execute`,
-    which raises the same tf.errors. Outputs: the dict, whose flat order is its sorted keys
-    (tf.nest's order for a dict). `FlatCall.fits(function)` says whether a function is one."""
+    which raises the same tf.errors (their text is raw: servables._readable cleans it).
+    Outputs: the dict, whose flat order is its sorted keys (tf.nest's order for a dict).
+    `FlatCall.fits(function)` says whether a function is one. What the layers also do and this
+    does not, none of which the server uses: a thread's `function_executor_type` scope (the
+    executor is an argument), cancellation contexts, op callbacks, GradientTape recording; the
+    `config_proto` is read once, when the FlatCall is made."""
 
     def __init__(self, function):
         # Held: when the ConcreteFunction is collected, TF removes its function from the

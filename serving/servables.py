@@ -77,12 +77,16 @@ def examples_from_input(model_input) -> List[bytes]:
 
 
 def _readable(message: str) -> str:
-    """TF's 'Graph execution error:' plus node dumps -> the one line that says what is wrong."""
+    """TF's 'Graph execution error:' plus node dumps -> the one line that says what is wrong.
+    A function run as one op (FlatCall) reports its errors raw: they open with the function's
+    internal name ("{{function_node __inference_...}}"), and ones TF has no Python stack for
+    with "<stack traces unavailable>"; neither tells a client anything."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Graph execution error",
                                                              "Detected at node", "[[", "File "))]
     text = re.sub(r"\s*\[\[\{\{node [^]]*\]\]", "", " ".join(useful or lines))
-    return text[:500]
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|<stack traces unavailable>\s*", "", text)
+    return text.strip()[:500]
 
 
 def _string_tensor(value) -> tf.Tensor:

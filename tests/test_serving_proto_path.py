@@ -2,6 +2,7 @@
 as they came and are parsed there, not decoded in Python; a request the path refuses gets the
 numpy path's answer or error; a request that breaks its batch costs the others nothing but
 time; and a function TF's single-threaded executor cannot run moves to the default executor."""
+import re
 import threading
 
 import grpc
@@ -168,3 +169,17 @@ def test_values_take_the_proto_path_and_what_it_cannot_take_keeps_the_tensor_pat
     # numbers for a string input: TF Serving's JSON takes their text, on the tensor path
     answer = servable.predict("serving_default", dict(values, word=[7, 42]))
     assert answer["length"].tolist() == [1, 2]
+
+
+def test_a_model_error_reads_as_what_is_wrong_not_as_tf_internals(mixed_base):
+    """Inputs of different lengths fail inside the model: the client reads TF's reason, without
+    the function's internal name that a function run as one op reports
+    ("{{function_node __inference_...}}") or "<stack traces unavailable>"."""
+    servable = Servable("mixed", 1, str(mixed_base / "1"))
+    with pytest.raises(ServingError) as raised:
+        servable.predict("serving_default", {
+            "x": np.array([1.0, 2.0], np.float32), "n": np.array([1, 2, 3], np.int64),
+            "word": np.array([b"a", b"b"], dtype=object),
+            "pair": np.zeros((2, 2), np.float32)})
+    assert raised.value.code == "INVALID_ARGUMENT"
+    assert re.fullmatch(r"Incompatible shapes: \[[23]\] vs\. \[[23]\]", raised.value.message)
