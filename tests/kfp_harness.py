@@ -536,26 +536,23 @@ class KfpHarness:
         env = dict(os.environ, CTPIPE_MLMD_SQLITE=self.mlmd_path, TF_CPP_MIN_LOG_LEVEL="3",
                    TMPDIR=str(self.temp_dir), HOME=str(self.root / "home"), **self.env)
         env.pop("PYTHONPATH", None)
-        # PYTHONFAULTHANDLER: a step killed at the deadline first prints every thread's stack.
+        # PYTHONFAULTHANDLER: a step stopped at the deadline first prints every thread's stack
+        # (and so do the processes it started, which inherit it: Beam's SDK workers).
         env["PYTHONFAULTHANDLER"] = "1"
         step = subprocess.Popen(command + args, cwd=self.root / "work", env=env,
                                 user=self.user, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, errors="replace", start_new_session=True)
         try:
             stdout, stderr = step.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             # A hung step fails with what it printed and where each thread stood (SIGABRT:
             # faulthandler's dump), so the caller sees where it stopped; the deadline stands in
             # for a pod's activeDeadlineSeconds (KFP sets none by default: there, a hung pod
-            # waits forever).
-            step.send_signal(signal.SIGABRT)
-            try:
-                stdout, stderr = step.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                step.kill()
-                stdout, stderr = step.communicate()
-            result.logs[name] = (f"harness: stopped after {self.timeout} s\n"
-                                 + stdout + stderr)[-12000:]
+            # waits forever). The whole process group: a child still holding the pipes (a
+            # multi_processing SDK worker) would otherwise keep the last read open forever.
+            stdout, stderr = _stop_group(step)
+            result.logs[name] = f"harness: stopped after {self.timeout} s\n" + \
+                (stdout + stderr)[-12000:]
             self.metadata.publish_execution(execution, contexts, pb.Execution.FAILED, {}, {})
             return FAILED
         done = subprocess.CompletedProcess(step.args, step.returncode, stdout, stderr)
@@ -576,6 +573,25 @@ class KfpHarness:
                                         launcher_record_outputs(outputs, executor_output),
                                         parameters)
         return COMPLETE
+
+
+def _stop_group(step: subprocess.Popen) -> Tuple[str, str]:
+    """SIGABRT to the step's process group, SIGKILL to what is left after 20 s; what the
+    step printed, read for at most 20 s more."""
+    for signum in (signal.SIGABRT, signal.SIGKILL):
+        try:
+            os.killpg(step.pid, signum)
+        except ProcessLookupError:
+            break
+        try:
+            return step.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            continue
+    step.kill()
+    try:
+        return step.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        return "", "harness: the step's output stayed open after SIGKILL\n"
 
 
 def run_executions(store, run_id: str) -> List[Tuple[str, str, int]]:

@@ -80,10 +80,7 @@ def flink_kfp_run(wheel_venv):
         run = harness.run({"data-root": str(root / "data")})
         jobs = flink_local.rest(cluster.ports, "/jobs/overview")["jobs"]
         if run.failed:
-            try:
-                run.logs["flink"] = _cluster_diagnostics(jobs, cluster.ports, state_dir)
-            except Exception as error:  # noqa: BLE001 - the step's failure is the news
-                run.logs["flink"] = f"diagnostics failed: {error!r}"
+            run.logs["flink"] = _cluster_diagnostics(jobs, cluster.ports, state_dir)
         for job in jobs:
             vertices = flink_local.rest(cluster.ports, f"/jobs/{job['jid']}")["vertices"]
             job["parallelisms"] = sorted({vertex["parallelism"] for vertex in vertices})
@@ -102,7 +99,18 @@ def _cluster_diagnostics(jobs: list, ports, state_dir) -> str:
     """What the cluster says when a step failed or hung (the cluster and its logs are removed
     when the fixture ends): each job's state and, for a job not FINISHED, its unfinished
     operators; the busy Beam threads of each JVM (jstack, as a hung Flink job is diagnosed);
-    the last lines of every process's log."""
+    the last lines of every process's log. Each part on its own: one that fails (no jstack
+    on the machine, say) says so and leaves the others."""
+    lines: list = []
+    for part in (_job_lines, _jstack_lines, _log_lines):
+        try:
+            lines += part(jobs, ports, state_dir)
+        except Exception as error:  # noqa: BLE001 - the step's failure is the news
+            lines.append(f"--- {part.__name__} failed: {error!r}")
+    return "\n".join(lines)
+
+
+def _job_lines(jobs: list, ports, state_dir) -> list:
     lines = []
     for job in jobs:
         lines.append(f"job {job['jid']} {job['name']}: {job['state']}, {job['duration']} ms")
@@ -110,6 +118,11 @@ def _cluster_diagnostics(jobs: list, ports, state_dir) -> str:
             lines += [f"  {vertex['status']:<9} {vertex['name'][:150]}" for vertex in
                       flink_local.rest(ports, f"/jobs/{job['jid']}")["vertices"]
                       if vertex["status"] != "FINISHED"]
+    return lines
+
+
+def _jstack_lines(jobs: list, ports, state_dir) -> list:
+    lines = []
     for name, record in sorted(flink_local._records(state_dir).items()):
         if name == "workerpool":
             continue
@@ -119,10 +132,15 @@ def _cluster_diagnostics(jobs: list, ports, state_dir) -> str:
                 and not any(idle in thread for idle in IDLE_THREAD_FRAMES)]
         lines += [f"--- jstack {name}: {len(busy)} threads in Beam code, not idle",
                   *(thread[:1200] for thread in busy[:JSTACK_THREADS])]
+    return lines
+
+
+def _log_lines(jobs: list, ports, state_dir) -> list:
+    lines = []
     for log in sorted((state_dir / "log").glob("*")):
         tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
         lines += [f"--- {log.name}", *(line[:300] for line in tail)]
-    return "\n".join(lines)
+    return lines
 
 
 def _task_windows(store, run_id: str) -> dict:

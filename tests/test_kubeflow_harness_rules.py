@@ -2,6 +2,7 @@
 what KFP 2.5.0 does, so the scenarios in test_kubeflow_harness.py pass for the right reasons."""
 import json
 import sys
+import time
 
 import pytest
 import yaml
@@ -210,7 +211,11 @@ def test_a_step_past_its_deadline_fails_with_its_output_and_stacks(tmp_path):
     """A hung step is stopped at the harness's deadline and fails (its execution FAILED, the
     next task not run) with what it printed and faulthandler's dump of where it waited,
     instead of a TimeoutExpired that loses both."""
-    hang = "import time; print('reading span', flush=True); time.sleep(600)"
+    # ...and a child that inherits its output pipes and outlives it (as a Beam SDK worker
+    # would): the harness must not wait for that child to close them.
+    hang = ("import subprocess, sys, time; print('reading span', flush=True); "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+            "time.sleep(600)")
     spec = _spec({"a": {"componentRef": {"name": "a"}, "taskInfo": {"name": "a"}},
                   "b": {"componentRef": {"name": "b"}, "taskInfo": {"name": "b"},
                         "dependentTasks": ["a"]}},
@@ -221,11 +226,14 @@ def test_a_step_past_its_deadline_fails_with_its_output_and_stacks(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     harness = kfp.KfpHarness(path, tmp_path / "kfp", sys.executable, mounts={}, run_as=None,
                              timeout=3)
+    started = time.monotonic()
     run = harness.run()
+    assert time.monotonic() - started < 60
     assert run.states == {"a": kfp.FAILED, "b": kfp.OMITTED}
     assert run.logs["a"].startswith("harness: stopped after 3 s")
     assert "reading span" in run.logs["a"]
     assert 'File "<string>", line 1 in <module>' in run.logs["a"]  # where it slept
+    assert "Current thread" in run.logs["a"] or "most recent call first" in run.logs["a"]
     states = {e.custom_properties["task_name"].string_value: e.last_known_state
               for e in harness.store.get_executions()}
     assert states["a"] == pb.Execution.FAILED and "b" not in states
