@@ -158,8 +158,9 @@ class BoundedHandler(http.server.BaseHTTPRequestHandler):
     # -- connection: deadlines, keep-alive that yields to waiting connections ----------------
     def setup(self):
         self.connection = self.request
-        # Headers and body go out as two writes on a keep-alive connection; without
-        # TCP_NODELAY, Nagle + the client's delayed ACK add ~40-90 ms to every response.
+        # A 100 Continue and then the response are two writes on one connection (and were,
+        # before _SocketWriter, every response's headers and body); without TCP_NODELAY,
+        # Nagle + the client's delayed ACK add ~40-90 ms to the second.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connection.settimeout(self.timeout_seconds)
         self.rfile = _SocketReader(self.connection, self.timeout_seconds)
