@@ -26,6 +26,7 @@ CTPIPE_MLMD_SQLITE; the records are written in KFP's layout either way).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -555,9 +556,8 @@ class KfpHarness:
                 (stdout + stderr)[-12000:]
             self.metadata.publish_execution(execution, contexts, pb.Execution.FAILED, {}, {})
             return FAILED
-        done = subprocess.CompletedProcess(step.args, step.returncode, stdout, stderr)
-        result.logs[name] = (done.stdout + done.stderr)[-4000:]
-        if done.returncode != 0:
+        result.logs[name] = (stdout + stderr)[-4000:]
+        if step.returncode != 0:
             self.metadata.publish_execution(execution, contexts, pb.Execution.FAILED, {}, {})
             return FAILED
         output_file = Path(outputs["outputFile"])
@@ -576,22 +576,21 @@ class KfpHarness:
 
 
 def _stop_group(step: subprocess.Popen) -> Tuple[str, str]:
-    """SIGABRT to the step's process group, SIGKILL to what is left after 20 s; what the
-    step printed, read for at most 20 s more."""
+    """SIGABRT to the step (faulthandler prints its threads), then, once it has ended or after
+    5 s, to the rest of its process group (the children's dumps follow its own instead of
+    interleaving with it), then SIGKILL to what is left; what the step printed, read for at
+    most 20 s after each. start_new_session: the group's id is the step's pid."""
+    step.send_signal(signal.SIGABRT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        step.wait(5)
     for signum in (signal.SIGABRT, signal.SIGKILL):
-        try:
+        with contextlib.suppress(ProcessLookupError):  # the whole group has already ended
             os.killpg(step.pid, signum)
-        except ProcessLookupError:
-            break
         try:
             return step.communicate(timeout=20)
         except subprocess.TimeoutExpired:
-            continue
-    step.kill()
-    try:
-        return step.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        return "", "harness: the step's output stayed open after SIGKILL\n"
+            pass
+    return "", "harness: the step's output stayed open after SIGKILL\n"
 
 
 def run_executions(store, run_id: str) -> List[Tuple[str, str, int]]:
