@@ -191,7 +191,7 @@ class ProtoCall:
 
 class FlatCall:
     """A ConcreteFunction whose outputs are a flat dict of tensors (a signature, or the proto
-    path's parse-and-call), run as one eager op with its attributes built once.
+    path's parse-and-call), run as one eager op, its name, outputs and config read once.
 
     Why: calling the ConcreteFunction goes through TF's Python call layers on every request
     (argument binding, three context managers, the executor-type scope, the attribute
