@@ -1,6 +1,6 @@
 """The bench's target table (pipeline/bench/targets.py) reads the run's figures right: ratios
 against each anchor, AUC margins, 100x rows/s, and the start-up / per-row split."""
-from ctpipe.pipeline.bench.targets import fixed_and_per_row, targets
+from ctpipe.pipeline.bench.targets import fixed_and_per_row, markdown, targets
 
 
 def _scaling(factor, seconds, components, speed):
@@ -19,6 +19,9 @@ RESULT = {
     "scaling": [_scaling(1, 20.0, {"StatisticsGen": 2.0}, {"StatisticsGen": 500}),
                 _scaling(100, 60.0, {"StatisticsGen": 12.0},
                          {"StatisticsGen": round(101_000 / 12.0)})],
+    "serving": {"ratios": [  # measured in alternating rounds: the median, and each round
+        {"name": "gRPC / in-process rate, serving_raw batch 32, c8", "value": 0.7,
+         "rounds": [0.7, 0.65, 0.9], "single_cell": 0.98}]},
     "serving_batching": {"ratios": [
         {"name": "gRPC / in-process rate, serving_raw batch 32, c8", "value": 0.9},
         {"name": "gRPC p99 ms, serving_raw batch 1, c8", "value": 12.0}]},
@@ -39,6 +42,13 @@ def test_each_target_is_judged_on_this_runs_figures():
     assert rows[batching]["met"] is True
     assert rows["gRPC p99 ms, serving_raw batch 1, c8 (batching on) <= 10 ms"]["met"] is False
     assert rows["gRPC p99 ms, serving_raw batch 1, c8 (no batching) <= 10 ms"]["met"] is None
+
+
+def test_a_target_measured_in_rounds_shows_the_median_and_every_round():
+    name = "gRPC / in-process rate, serving_raw batch 32, c8 (no batching) >= 0.8×"
+    row = {row["target"]: row for row in targets(RESULT)}[name]
+    assert row == {"target": name, "value": 0.7, "met": False, "rounds": [0.7, 0.65, 0.9]}
+    assert f"| {name} | 0.7 (median of 0.7, 0.65, 0.9) | **no** |" in markdown(RESULT)
 
 
 def test_fixed_start_up_and_per_row_work_from_two_sizes():

@@ -144,3 +144,46 @@ def test_a_stopped_pipeline_bench_stops_the_cycle_it_runs(tmp_path, monkeypatch)
     with pytest.raises(SystemExit):
         measure.run_process("cycle", ["sleep", "600"], str(tmp_path / "cycle.log"))
     assert started and started[0].poll() is not None
+
+
+def test_the_target_rounds_alternate_in_process_and_grpc_at_8_threads():
+    args = types.SimpleNamespace(batches=[1, 32], example_batches=[32], concurrency=[1, 8])
+    assert benchmark.round_cells(args, ["inproc", "grpc", "rest"]) == [
+        (benchmark.RAW, 32, 8, "inproc"), (benchmark.RAW, 32, 8, "grpc"),
+        (benchmark.RAW, 1, 8, "grpc")]
+    assert benchmark.round_cells(args, ["grpc", "rest"]) == []  # a given server: no in-process
+    assert benchmark.round_cells(types.SimpleNamespace(batches=[32], concurrency=[1]),
+                                 ["inproc", "grpc"]) == []
+
+
+def _cell(target, batch, qps, p99=5.0, number=None):
+    cell = {"target": target, "signature": benchmark.RAW, "batch": batch, "concurrency": 8,
+            "qps": qps, "p50_ms": 1.0, "p99_ms": p99}
+    if number is not None:
+        cell["round"] = number
+    return cell
+
+
+def test_the_8_thread_targets_are_the_median_of_the_rounds_not_one_short_cell():
+    """One lucky grid cell (1,960 / 2,000 = 0.98, p99 20 ms) must not decide the targets: the
+    rounds read 0.70, 0.65 and 0.90 (median 0.70, not met) and p99 12, 8 and 9 ms (median 9,
+    met)."""
+    args = types.SimpleNamespace(batches=[1, 32], example_batches=[], concurrency=[8])
+    grid = [_cell("inproc", 32, 2000.0), _cell("grpc", 32, 1960.0), _cell("grpc", 1, 900.0, 20.0)]
+    rounds = [_cell("inproc", 32, 2000.0, number=1), _cell("grpc", 32, 1400.0, number=1),
+              _cell("grpc", 1, 900.0, 12.0, number=1),
+              _cell("inproc", 32, 2000.0, number=2), _cell("grpc", 32, 1300.0, number=2),
+              _cell("grpc", 1, 900.0, 8.0, number=2),
+              _cell("inproc", 32, 1000.0, number=3), _cell("grpc", 32, 900.0, number=3),
+              _cell("grpc", 1, 900.0, 9.0, number=3)]
+    figures = {f["name"]: f for f in benchmark.ratios(grid, args, rounds)}
+    rate = figures["gRPC / in-process rate, serving_raw batch 32, c8"]
+    assert rate["value"] == pytest.approx(0.70) and rate["met"] is False
+    assert rate["rounds"] == pytest.approx([0.70, 0.65, 0.90])
+    assert rate["single_cell"] == pytest.approx(0.98)
+    p99 = figures["gRPC p99 ms, serving_raw batch 1, c8"]
+    assert (p99["value"], p99["met"], p99["rounds"], p99["single_cell"]) == \
+        (9.0, True, [12.0, 8.0, 9.0], 20.0)
+    without = {f["name"]: f for f in benchmark.ratios(grid, args)}
+    assert without["gRPC / in-process rate, serving_raw batch 32, c8"]["value"] == \
+        pytest.approx(0.98)  # no rounds: the grid's cell, as before

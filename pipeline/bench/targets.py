@@ -26,10 +26,14 @@ SERVING_MODES = (
 
 
 def _target(name: str, value: Optional[float], target: float, comparison: str,
-            unit: str = "") -> Dict[str, Any]:
+            unit: str = "", rounds: Optional[List[float]] = None) -> Dict[str, Any]:
+    """`rounds`: the values a median `value` was taken over (serving's alternating rounds)."""
     met = None if value is None else (value >= target if comparison == ">=" else value <= target)
-    return {"target": f"{name} {comparison} {target:g}{unit}",
-            "value": None if value is None else round(value, 4), "met": met}
+    row = {"target": f"{name} {comparison} {target:g}{unit}",
+           "value": None if value is None else round(value, 4), "met": met}
+    if rounds:
+        row["rounds"] = [round(each, 4) for each in rounds]
+    return row
 
 
 def _cycle(result: Dict[str, Any], which: str, kind: str) -> Optional[Dict[str, Any]]:
@@ -69,7 +73,7 @@ def targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
             figure = next((f for f in figures if f["name"] == name), None)
             label = f"{name} ({how})"
             rows.append(_target(label, figure["value"] if figure else None, limit, comparison,
-                                unit))
+                                unit, figure.get("rounds") if figure else None))
     return rows
 
 
@@ -106,8 +110,10 @@ def markdown(result: Dict[str, Any]) -> str:
     lines = ["| target | this run | met |", "|---|---|---|"]
     for row in targets(result):
         met = {True: "yes", False: "**no**", None: "not run"}[row["met"]]
-        lines.append(f"| {row['target']} | {'' if row['value'] is None else row['value']} "
-                     f"| {met} |")
+        value = "" if row["value"] is None else row["value"]
+        if row.get("rounds"):
+            value = f"{value} (median of {', '.join(f'{each:.3g}' for each in row['rounds'])})"
+        lines.append(f"| {row['target']} | {value} | {met} |")
     split = fixed_and_per_row(result)
     if split:
         lines += ["", "Start-up vs per-row work (incremental cycles at 1x and 100x, "
