@@ -11,7 +11,8 @@ The knobs and their meaning are TF Serving 2.16.1's BatchingParameters
   max_batch_size         rows in one batch at most (default 1000)
   batch_timeout_micros   how long a batch waits to fill once its first task arrived (default 0:
                          run as soon as a batch thread is free; tasks arriving meanwhile join)
-  num_batch_threads      batches run concurrently (default: the machine's CPUs)
+  num_batch_threads      batches run concurrently (default: port::MaxParallelism(), the CPUs
+                         this process may run on - serving/cpus.py)
   max_enqueued_batches   batches waiting at most; one more task that needs a new batch fails
                          with UNAVAILABLE "The batch scheduling queue to which this task was
                          submitted is full" (default 10)
@@ -41,13 +42,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import threading
 import time
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ctpipe.serving.cpus import schedulable_cpus
 from ctpipe.serving.errors import ServingConfigError, ServingError
 
 IDLE_SECONDS = 30.0  # a batch thread with nothing to do this long ends (restarted on demand)
@@ -105,7 +106,7 @@ class BatchingOptions:
     """BasicBatchScheduler::Options' defaults, overridden by the fields a file sets."""
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
-    num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    num_batch_threads: int = dataclasses.field(default_factory=schedulable_cpus)
     max_enqueued_batches: int = 10
     allowed_batch_sizes: Tuple[int, ...] = ()
     enable_large_batch_splitting: bool = False

@@ -10,7 +10,6 @@ gRPC hands a unary RPC to Python only once its whole request has arrived."""
 from __future__ import annotations
 
 import functools
-import os
 import time
 from concurrent import futures
 from typing import List, Optional, Sequence, Tuple, Union
@@ -33,6 +32,7 @@ from tensorflow_serving.apis import (
 
 from ctpipe.components.signatures import CLASSIFY_METHOD, DEFAULT_SIGNATURE
 from ctpipe.serving.core import ServingCore
+from ctpipe.serving.cpus import schedulable_cpus
 from ctpipe.serving.errors import GRPC_CODE_NUMBER, ServingConfigError, ServingError
 from ctpipe.serving.model_config import from_proto
 from ctpipe.serving.registry import STATE_NAMES
@@ -56,15 +56,6 @@ def default_grpc_workers() -> int:
     The concurrency limit is per thread (DEFAULT_RPCS_PER_WORKER), so 2 CPUs still take 32
     RPCs at once, as the former 8 x 4 did."""
     return max(2, 2 * schedulable_cpus())
-
-
-def schedulable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a pod's cpuset, taskset), as TF Serving's
-    NumSchedulableCPUs reads them; the machine's count where affinity is unknown."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _spec(request) -> Tuple[str, Optional[int], Optional[str]]:

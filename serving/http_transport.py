@@ -5,7 +5,8 @@ Bounds:
 - `timeout` (DEFAULT_TIMEOUT_SECONDS): a request - line, headers and body - must arrive within
   it of its first byte (the first request of a connection: of a worker taking it), and an idle
   keep-alive connection is closed after it; every socket write has it too.
-- `max_workers` threads serve connections, one connection each at a time; up to `max_pending`
+- `max_workers` threads (default_rest_workers(): TF Serving's 4 per schedulable CPU) serve
+  connections, one connection each at a time; up to `max_pending`
   more accepted connections wait for a worker (in arrival order); beyond that a connection is
   answered 503 with Retry-After at once - a short queue absorbs a burst, a flood is refused
   rather than queued without bound. While connections wait, a worker closes its keep-alive
@@ -23,7 +24,6 @@ import collections
 import http.server
 import json
 import logging
-import os
 import re
 import select
 import socket
@@ -31,13 +31,13 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from ctpipe.serving.cpus import schedulable_cpus
 from ctpipe.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
-# TF Serving's default for --rest_api_num_threads is 4 x the CPUs
-DEFAULT_MAX_WORKERS = max(8, 4 * (os.cpu_count() or 2))
+REST_THREADS_PER_CPU = 4  # TF Serving's --rest_api_num_threads: 4 x NumSchedulableCPUs()
 DEFAULT_MAX_PENDING = 64
 # After refusing a body (413, bad Content-Length), read and drop what the client still sends
 # for this long / this much, so it sees our answer instead of a reset connection.
@@ -317,6 +317,11 @@ _BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: applicatio
                   b"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" + _BUSY_BODY)
 
 
+def default_rest_workers() -> int:
+    """REST threads without a setting: TF Serving's 4 per CPU this process may run on."""
+    return REST_THREADS_PER_CPU * schedulable_cpus()
+
+
 class BoundedHTTPServer(http.server.ThreadingHTTPServer):
     """ThreadingHTTPServer with a fixed pool of `max_workers` threads instead of a thread per
     connection, and at most `max_pending` accepted connections waiting for one; a connection
@@ -329,8 +334,10 @@ class BoundedHTTPServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, address, handler, app: Any = None, max_body_bytes: int = 0,
                  timeout: float = DEFAULT_TIMEOUT_SECONDS,
-                 max_workers: int = DEFAULT_MAX_WORKERS, max_pending: int = DEFAULT_MAX_PENDING,
+                 max_workers: Optional[int] = None, max_pending: int = DEFAULT_MAX_PENDING,
                  on_busy: Optional[Callable[[], None]] = None):
+        if max_workers is None:
+            max_workers = default_rest_workers()
         if max_workers < 1 or max_pending < 0:
             raise ValueError(f"REST needs max_workers >= 1 and max_pending >= 0, got "
                              f"{max_workers} and {max_pending}")

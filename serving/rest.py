@@ -29,7 +29,6 @@ from ctpipe.serving.errors import ServingError
 from ctpipe.serving.grpc_service import metadata_response, status_response
 from ctpipe.serving.http_transport import (
     DEFAULT_MAX_PENDING,
-    DEFAULT_MAX_WORKERS,
     DEFAULT_TIMEOUT_SECONDS,
     BoundedHandler,
     BoundedHTTPServer,
@@ -202,10 +201,10 @@ class TFServingHandler(BoundedHandler):
 
 
 def start_rest(core: ServingCore, host: str, port: int, max_body_bytes: int,
-               timeout: float = DEFAULT_TIMEOUT_SECONDS, max_workers: int = DEFAULT_MAX_WORKERS,
+               timeout: float = DEFAULT_TIMEOUT_SECONDS, max_workers: Optional[int] = None,
                max_pending: int = DEFAULT_MAX_PENDING) -> BoundedHTTPServer:
-    """The REST server, bound (serve_forever is the caller's). `timeout`, `max_workers` and
-    `max_pending`: serving/http_transport.py."""
+    """The REST server, bound (serve_forever is the caller's). `timeout`, `max_workers` (None:
+    default_rest_workers()) and `max_pending`: serving/http_transport.py."""
     def busy() -> None:
         core.record_rejected("REST", "unknown", "", ServingError(
             "UNAVAILABLE", "server busy"), 0.0)

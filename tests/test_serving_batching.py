@@ -1,6 +1,7 @@
 """Server-side batching (`ctpipe serve --enable_batching [--batching_parameters_file F]`), as TF
 Serving's: concurrent Predict requests become one signature call, answers equal unbatched ones,
 a full queue answers UNAVAILABLE, a bad file is one line and exit 2, and it is off by default."""
+import os
 import threading
 
 import grpc
@@ -15,6 +16,7 @@ from ctpipe.serving.batching import (
     Batcher,
     BatchingOptions,
     parse_batching_parameters,
+    read_batching_parameters,
 )
 from ctpipe.serving.errors import ServingConfigError, ServingError
 from ctpipe.serving.model_config import single_model
@@ -48,6 +50,18 @@ def test_parses_tf_serving_text_format():
                 "max_batch_size { value: 0 }", "allowed_batch_sizes: 16"):
         with pytest.raises(ServingConfigError):
             parse_batching_parameters(bad)
+
+
+def test_batch_threads_default_to_the_cpus_this_process_may_run_on(monkeypatch):
+    """TF Serving's default num_batch_threads is port::MaxParallelism() (BasicBatchScheduler::
+    Options), the CPUs in the process's affinity mask: a server pinned to 1 CPU of a 64-CPU
+    node runs 1 batch thread, not 64 - with or without a parameters file that leaves it
+    unset."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert BatchingOptions().num_batch_threads == 1
+    assert read_batching_parameters(None).num_batch_threads == 1
+    assert parse_batching_parameters("max_batch_size { value: 8 }").num_batch_threads == 1
 
 
 def test_bad_file_is_one_line_and_exit_2(tmp_path, toy_base, capsys):

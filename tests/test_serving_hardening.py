@@ -436,6 +436,19 @@ def test_grpc_handler_threads_default_to_twice_the_cpus(monkeypatch):
         server.stop(grace=0)
 
 
+def test_rest_threads_default_to_four_per_cpu_this_process_may_run_on(monkeypatch,
+                                                                       rest_factory):
+    """TF Serving's --rest_api_num_threads defaults to 4 x NumSchedulableCPUs()
+    (model_servers/main.cc): a server pinned to 3 CPUs of a 64-CPU node runs 12 REST threads,
+    not 256."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    rest = rest_factory()
+    assert rest.server.max_workers == 12
+    assert len([t for t in threading.enumerate() if t.name.startswith("rest-")
+                and t in rest.server._workers]) == 12
+
+
 def test_grpc_max_threads_below_one_is_a_usage_error(capsys):
     from ctpipe.pipeline.commands.main import main
 
