@@ -151,9 +151,19 @@ def test_the_target_rounds_alternate_in_process_and_grpc_at_8_threads():
     assert benchmark.round_cells(args, ["inproc", "grpc", "rest"]) == [
         (benchmark.RAW, 32, 8, "inproc"), (benchmark.RAW, 32, 8, "grpc"),
         (benchmark.RAW, 1, 8, "grpc")]
-    assert benchmark.round_cells(args, ["grpc", "rest"]) == []  # a given server: no in-process
+    # a given server (no in-process rows): the p99 still comes from rounds
+    assert benchmark.round_cells(args, ["grpc", "rest"]) == [(benchmark.RAW, 1, 8, "grpc")]
     assert benchmark.round_cells(types.SimpleNamespace(batches=[32], concurrency=[1]),
                                  ["inproc", "grpc"]) == []
+    assert benchmark.median([1.0, 3.0]) == 2.0 and benchmark.median([5.0, 1.0, 3.0]) == 3.0
+
+
+def test_a_round_or_cell_without_requests_is_a_usage_error_before_anything_runs(capsys):
+    for bad in (["--round-requests", "0"], ["--requests", "0"], ["--rounds", "-1"]):
+        with pytest.raises(SystemExit) as stopped:
+            benchmark.main(["--model-base-path", "/nonexistent"] + bad)
+        assert stopped.value.code == 2
+        assert "--round-requests >= 1" in capsys.readouterr().err
 
 
 def _cell(target, batch, qps, p99=5.0, number=None):
