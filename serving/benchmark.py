@@ -49,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+from statistics import median
 from typing import Any, Callable, Dict, List, Optional
 
 from ctpipe.components.basics import end_process, exit_on_sigterm
@@ -212,6 +213,20 @@ class Setup:
 
 
 # -- measuring ------------------------------------------------------------------------------------
+def measure(setup: "Setup", planned_cell: tuple, requests: int, warmup: int,
+            label: str) -> Dict[str, Any]:
+    """One cell (signature, batch, concurrency, target) of the grid or of a round, measured,
+    described and printed as a progress line tagged `label`."""
+    signature, batch, concurrency, target = planned_cell
+    cell = run_cell(setup.caller(target, signature, batch), requests, concurrency, warmup)
+    cell.update(signature=signature, batch=batch, concurrency=concurrency, target=target,
+                rows_per_s=cell["qps"] * batch)
+    print(f"[{label}] {signature:<15} batch {batch:>2}  threads {concurrency}  {target:<8} "
+          f"{cell['qps']:7.0f} req/s {cell['rows_per_s']:8.0f} rows/s  p50 "
+          f"{cell['p50_ms']:6.2f} ms  p99 {cell['p99_ms']:6.2f} ms", file=sys.stderr, flush=True)
+    return cell
+
+
 def run_cell(make_call: Callable[[], Callable[[], Any]], requests: int, concurrency: int,
              warmup: int) -> Dict[str, float]:
     """`requests` calls split over `concurrency` threads, each with its own client."""
@@ -287,26 +302,28 @@ def round_cells(args, targets: List[str]) -> List[tuple]:
     return planned
 
 
-def median(values: List[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+def _rate_name(signature: str, concurrency: int) -> str:
+    return f"gRPC / in-process rate, {signature} batch 32, c{concurrency}"
+
+
+def _p99_name(concurrency: int) -> str:
+    return f"gRPC p99 ms, {RAW} batch 1, c{concurrency}"
 
 
 def _from_rounds(rounds: List[Dict[str, Any]]) -> Dict[str, List[float]]:
-    """Per round: the gRPC / in-process rate at batch 32 and the gRPC p99 at batch 1."""
-    by_round: Dict[int, Dict[tuple, Dict[str, Any]]] = {}
-    for cell in rounds:
-        by_round.setdefault(cell["round"], {})[(cell["target"], cell["batch"])] = cell
-    rates, p99s = [], []
-    for number in sorted(by_round):
-        cells_of_round = by_round[number]
-        grpc, inproc = cells_of_round.get(("grpc", 32)), cells_of_round.get(("inproc", 32))
+    """The two 8-thread target figures of each round, by figure name: the gRPC / in-process
+    rate at batch 32 and the gRPC p99 at batch 1."""
+    figures: Dict[str, List[float]] = {_rate_name(RAW, ROUND_CONCURRENCY): [],
+                                       _p99_name(ROUND_CONCURRENCY): []}
+    for number in sorted({cell["round"] for cell in rounds}):
+        of_round = [cell for cell in rounds if cell["round"] == number]
+        grpc, inproc, grpc_1 = (find(of_round, target, RAW, batch, ROUND_CONCURRENCY)
+                                for target, batch in (("grpc", 32), ("inproc", 32), ("grpc", 1)))
         if grpc and inproc:
-            rates.append(grpc["qps"] / inproc["qps"])
-        if ("grpc", 1) in cells_of_round:
-            p99s.append(cells_of_round[("grpc", 1)]["p99_ms"])
-    return {"rate": rates, "p99": p99s}
+            figures[_rate_name(RAW, ROUND_CONCURRENCY)].append(grpc["qps"] / inproc["qps"])
+        if grpc_1:
+            figures[_p99_name(ROUND_CONCURRENCY)].append(grpc_1["p99_ms"])
+    return figures
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -324,10 +341,7 @@ def ratios(results, args, rounds: Optional[List[Dict[str, Any]]] = None
     two 8-thread targets come from the alternating rounds when there are any: the median over
     the rounds, with each round's value ("rounds") and the grid's single cell ("single_cell")."""
     out = []
-    repeated = _from_rounds(rounds or [])
-    from_rounds = {f"gRPC / in-process rate, {RAW} batch 32, c{ROUND_CONCURRENCY}":
-                   repeated["rate"],
-                   f"gRPC p99 ms, {RAW} batch 1, c{ROUND_CONCURRENCY}": repeated["p99"]}
+    from_rounds = _from_rounds(rounds or [])
 
     def add(name, value, target, comparison):
         if value is None:
@@ -345,8 +359,8 @@ def ratios(results, args, rounds: Optional[List[Dict[str, Any]]] = None
                 grpc, inproc, flat = (find(results, t, signature, 32, concurrency)
                                       for t in ("grpc", "inproc", "flat"))
                 if grpc and inproc:
-                    add(f"gRPC / in-process rate, {signature} batch 32, c{concurrency}",
-                        grpc["qps"] / inproc["qps"], 0.8, ">=")
+                    add(_rate_name(signature, concurrency), grpc["qps"] / inproc["qps"], 0.8,
+                        ">=")
                 if grpc and flat:
                     add(f"gRPC / flat in-process rate, {signature} batch 32, c{concurrency}",
                         grpc["qps"] / flat["qps"], 0.8, ">=")
@@ -354,8 +368,7 @@ def ratios(results, args, rounds: Optional[List[Dict[str, Any]]] = None
             for concurrency in args.concurrency:
                 grpc = find(results, "grpc", RAW, 1, concurrency)
                 if grpc:
-                    add(f"gRPC p99 ms, {RAW} batch 1, c{concurrency}", grpc["p99_ms"], 10.0,
-                        "<=")
+                    add(_p99_name(concurrency), grpc["p99_ms"], 10.0, "<=")
     for batch in args.batches:
         for concurrency in args.concurrency:
             grpc, rest = (find(results, t, RAW, batch, concurrency) for t in ("grpc", "rest"))
@@ -466,28 +479,16 @@ def main(argv: Optional[List[str]] = None) -> None:
         if "floor" in targets:
             floor = FloorServer()
             setup.floor_address = floor.address
-        for number, (signature, batch, concurrency, target) in enumerate(planned, 1):
-            cell = run_cell(setup.caller(target, signature, batch), args.requests, concurrency,
-                            args.warmup)
-            cell.update(signature=signature, batch=batch, concurrency=concurrency,
-                        target=target, rows_per_s=cell["qps"] * batch)
-            results.append(cell)
-            print(f"[{number}/{len(planned)}] {signature:<15} batch {batch:>2}  threads "
-                  f"{concurrency}  {target:<8} {cell['qps']:7.0f} req/s {cell['rows_per_s']:8.0f}"
-                  f" rows/s  p50 {cell['p50_ms']:6.2f} ms  p99 {cell['p99_ms']:6.2f} ms",
-                  file=sys.stderr, flush=True)
+        for number, planned_cell in enumerate(planned, 1):
+            results.append(measure(setup, planned_cell, args.requests, args.warmup,
+                                   f"{number}/{len(planned)}"))
         planned_rounds = round_cells(args, targets)
-        for number in range(1, args.rounds + 1 if planned_rounds else 1):
-            for signature, batch, concurrency, target in planned_rounds:
-                cell = run_cell(setup.caller(target, signature, batch), args.round_requests,
-                                concurrency, args.warmup)
-                cell.update(signature=signature, batch=batch, concurrency=concurrency,
-                            target=target, rows_per_s=cell["qps"] * batch, round=number)
+        for number in range(1, args.rounds + 1):
+            for planned_cell in planned_rounds:
+                cell = measure(setup, planned_cell, args.round_requests, args.warmup,
+                               f"round {number}/{args.rounds}")
+                cell["round"] = number
                 rounds.append(cell)
-                print(f"[round {number}/{args.rounds}] {signature:<15} batch {batch:>2}  "
-                      f"threads {concurrency}  {target:<8} {cell['qps']:7.0f} req/s  "
-                      f"p50 {cell['p50_ms']:6.2f} ms  p99 {cell['p99_ms']:6.2f} ms",
-                      file=sys.stderr, flush=True)
     finally:
         if server:
             server.stop()
